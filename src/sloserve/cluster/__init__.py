@@ -1,0 +1,1 @@
+"""Replica implementations: local worker processes (and Ray actors later)."""

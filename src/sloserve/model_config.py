@@ -1,0 +1,167 @@
+"""The declarative model configuration stored beside each artifact.
+
+A model folder holds ``config.json`` (this schema) and ``model.onnx``. Shapes are
+full tensor shapes including the batch dimension, ``-1`` for a variable
+dimension, exactly as model metadata reports them on the wire. Parsing is pure
+and strict: unknown keys and bad values are reported with the field's path.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sloserve.datatypes import DATATYPES
+from sloserve.errors import InvalidArgumentError
+from sloserve.types import ModelName
+
+PLATFORM_ONNX = "onnx_onnxv1"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingConfig:
+    """Dynamic batching: merge requests up to ``max_batch_size`` rows.
+
+    ``max_queue_delay_us`` bounds how long the oldest request may wait for others
+    while a replica is free; 0 means dispatch at once (requests still merge while
+    every replica is busy). ``max_queue_size`` bounds waiting requests; past it,
+    requests are refused with RESOURCE_EXHAUSTED.
+    """
+
+    max_queue_delay_us: int = 0
+    max_queue_size: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: ModelName
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    platform: str = PLATFORM_ONNX
+    max_batch_size: int = 64
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    instance_count: int = 1
+    intra_op_threads: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "platform": self.platform,
+            "max_batch_size": self.max_batch_size,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "dynamic_batching": asdict(self.batching),
+            "instance_count": self.instance_count,
+            "intra_op_threads": self.intra_op_threads,
+        }
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.outputs if t.name == name), None)
+
+
+def validate_model_name(name: str) -> ModelName:
+    if not _NAME_RE.match(name):
+        raise InvalidArgumentError(
+            f"invalid model name {name!r}: use letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit, at most 128 characters"
+        )
+    return ModelName(name)
+
+
+def _expect(cond: bool, where: str, what: str) -> None:
+    if not cond:
+        raise InvalidArgumentError(f"config {where}: {what}")
+
+
+def _int(raw: dict[str, Any], key: str, where: str, default: int, minimum: int) -> int:
+    value = raw.get(key, default)
+    _expect(
+        isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+        f"{where}{key}",
+        f"expected an integer >= {minimum}, got {value!r}",
+    )
+    return int(value)
+
+
+def _known_keys(raw: dict[str, Any], allowed: set[str], where: str) -> None:
+    extra = sorted(set(raw) - allowed)
+    _expect(not extra, where or "top level", f"unknown keys {extra}; allowed: {sorted(allowed)}")
+
+
+def _tensor(raw: Any, where: str) -> TensorSpec:
+    _expect(isinstance(raw, dict), where, "expected an object with name, datatype and shape")
+    _known_keys(raw, {"name", "datatype", "shape"}, where)
+    name = raw.get("name")
+    _expect(isinstance(name, str) and bool(name), f"{where}.name", "expected a non-empty string")
+    datatype = raw.get("datatype")
+    _expect(datatype in DATATYPES, f"{where}.datatype", f"expected one of {list(DATATYPES)}, got {datatype!r}")
+    shape = raw.get("shape")
+    _expect(
+        isinstance(shape, list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape),
+        f"{where}.shape",
+        f"expected a list of integers >= -1, got {shape!r}",
+    )
+    return TensorSpec(name=str(name), datatype=str(datatype), shape=tuple(shape))
+
+
+def parse_model_config(raw: Any) -> ModelConfig:
+    """Validate a decoded ``config.json`` and build a :class:`ModelConfig`."""
+    _expect(isinstance(raw, dict), "top level", "expected a JSON object")
+    _known_keys(
+        raw,
+        {"name", "platform", "max_batch_size", "inputs", "outputs", "dynamic_batching",
+         "instance_count", "intra_op_threads"},
+        "",
+    )
+    name = raw.get("name")
+    _expect(isinstance(name, str), "name", "expected a string")
+    platform = raw.get("platform", PLATFORM_ONNX)
+    _expect(platform == PLATFORM_ONNX, "platform", f"only {PLATFORM_ONNX!r} is supported, got {platform!r}")
+    for key in ("inputs", "outputs"):
+        _expect(isinstance(raw.get(key), list) and len(raw[key]) > 0, key, "expected a non-empty list")
+    inputs = tuple(_tensor(t, f"inputs[{i}]") for i, t in enumerate(raw["inputs"]))
+    outputs = tuple(_tensor(t, f"outputs[{i}]") for i, t in enumerate(raw["outputs"]))
+    for key, tensors in (("inputs", inputs), ("outputs", outputs)):
+        names = [t.name for t in tensors]
+        _expect(len(set(names)) == len(names), key, f"duplicate tensor names in {names}")
+    max_batch_size = _int(raw, "max_batch_size", "", 64, 0)
+    if max_batch_size > 0:
+        for t in (*inputs, *outputs):
+            _expect(
+                len(t.shape) >= 1 and t.shape[0] == -1,
+                f"tensor {t.name!r}.shape",
+                f"with max_batch_size > 0 the first dimension must be -1 (the batch), got {list(t.shape)}",
+            )
+    batching_raw = raw.get("dynamic_batching", {})
+    _expect(isinstance(batching_raw, dict), "dynamic_batching", "expected an object")
+    _known_keys(batching_raw, {"max_queue_delay_us", "max_queue_size"}, "dynamic_batching")
+    batching = BatchingConfig(
+        max_queue_delay_us=_int(batching_raw, "max_queue_delay_us", "dynamic_batching.", 0, 0),
+        max_queue_size=_int(batching_raw, "max_queue_size", "dynamic_batching.", 1024, 1),
+    )
+    return ModelConfig(
+        name=validate_model_name(str(name)),
+        platform=PLATFORM_ONNX,
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=max_batch_size,
+        batching=batching,
+        instance_count=_int(raw, "instance_count", "", 1, 1),
+        intra_op_threads=_int(raw, "intra_op_threads", "", 1, 1),
+    )

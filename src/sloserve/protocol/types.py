@@ -1,0 +1,48 @@
+"""Protocol-neutral inference request and response.
+
+Transports decode their wire format into these and encode these back; the data
+plane only ever sees these. ``Tensor.data`` is a numpy array already in
+``shape``; BYTES tensors are object arrays of ``bytes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class Tensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray[Any, Any]
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferRequest:
+    model_name: str
+    inputs: list[Tensor]
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[RequestedOutput] = field(default_factory=list)
+    """Requested outputs; empty means every output of the model."""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model_name: str
+    outputs: list[Tensor]
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
