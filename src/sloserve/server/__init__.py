@@ -1,1 +1,1 @@
-"""server."""
+"""Transports: HTTP (ASGI on uvicorn), gRPC (grpc.aio) and the metrics endpoint."""

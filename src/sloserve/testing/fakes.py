@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from sloserve.cluster.base import Arrays
+from sloserve.replica import Arrays
 from sloserve.types import ReplicaId
 
 

@@ -1,1 +1,1 @@
-"""server/grpc."""
+"""The Open Inference Protocol over gRPC."""

@@ -1,1 +1,1 @@
-"""server/http."""
+"""The Open Inference Protocol over HTTP/REST."""

@@ -1,0 +1,53 @@
+"""What the control plane publishes and the data plane reads.
+
+A :class:`CatalogSnapshot` is immutable: the control plane builds a new one for
+every change (load, unload, replica set change) and hands it to subscribers; the
+request path reads the latest one and never takes a lock on control state.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from sloserve.model_config import ModelConfig
+from sloserve.replica import Replica
+from sloserve.types import ModelName, VersionId
+
+
+class ModelState(enum.Enum):
+    READY = "READY"
+    LOADING = "LOADING"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A model that can serve: its config, the version served and its replicas."""
+
+    config: ModelConfig
+    version: VersionId
+    replicas: tuple[Replica, ...]
+
+    @property
+    def name(self) -> ModelName:
+        return self.config.name
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    """What the repository index reports for one model."""
+
+    name: ModelName
+    state: ModelState
+    versions: tuple[VersionId, ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogSnapshot:
+    loaded: Mapping[ModelName, LoadedModel] = field(default_factory=lambda: MappingProxyType({}))
+    statuses: Mapping[ModelName, ModelStatus] = field(default_factory=lambda: MappingProxyType({}))

@@ -1,0 +1,124 @@
+"""Serving metrics: every ``sloserve_*`` name lives here.
+
+The Prometheus registry is injected, never the global one, so two servers in
+one process (tests do this) keep separate metrics. Label children are cached
+per model so the request path pays one dict lookup, not a label resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Seconds: 50 µs .. 10 s, dense where a served request usually lands.
+_LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclass(slots=True)
+class _ModelChildren:
+    success: Counter
+    inferences: Counter
+    executions: Counter
+    request_seconds: Histogram
+    queue_seconds: Histogram
+    compute_seconds: Histogram
+    batch_size: Histogram
+    pending: Gauge
+
+
+class ServingMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self._success = Counter(
+            "sloserve_request_success", "Inference requests answered successfully.", ["model"], registry=r
+        )
+        self._failure = Counter(
+            "sloserve_request_failure",
+            "Inference requests that failed, by error code.",
+            ["model", "reason"],
+            registry=r,
+        )
+        self._inferences = Counter(
+            "sloserve_inference_count", "Rows inferred (batch dimension summed over requests).", ["model"],
+            registry=r,
+        )
+        self._executions = Counter(
+            "sloserve_execution_count", "Model executions (batches run on a replica).", ["model"], registry=r
+        )
+        self._request_seconds = Histogram(
+            "sloserve_request_duration_seconds", "End-to-end time of an inference request in the server.",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self._queue_seconds = Histogram(
+            "sloserve_queue_duration_seconds", "Time a request waited in the batching queue.",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self._compute_seconds = Histogram(
+            "sloserve_compute_duration_seconds", "Time a batch spent on its replica (transfer included).",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self._batch_size = Histogram(
+            "sloserve_batch_size", "Rows per executed batch.", ["model"], buckets=_BATCH_BUCKETS, registry=r
+        )
+        self._pending = Gauge(
+            "sloserve_pending_requests", "Requests waiting in the queue or running.", ["model"], registry=r
+        )
+        self._worker_restarts = Counter(
+            "sloserve_replica_restarts", "Replica processes restarted after dying.", ["model"], registry=r
+        )
+        self._children: dict[str, _ModelChildren] = {}
+
+    def _model(self, model: str) -> _ModelChildren:
+        children = self._children.get(model)
+        if children is None:
+            children = _ModelChildren(
+                success=self._success.labels(model),
+                inferences=self._inferences.labels(model),
+                executions=self._executions.labels(model),
+                request_seconds=self._request_seconds.labels(model),
+                queue_seconds=self._queue_seconds.labels(model),
+                compute_seconds=self._compute_seconds.labels(model),
+                batch_size=self._batch_size.labels(model),
+                pending=self._pending.labels(model),
+            )
+            self._children[model] = children
+        return children
+
+    def request_started(self, model: str) -> None:
+        self._model(model).pending.inc()
+
+    def request_succeeded(self, model: str, rows: int, total_s: float, queue_s: float) -> None:
+        c = self._model(model)
+        c.pending.dec()
+        c.success.inc()
+        c.inferences.inc(rows)
+        c.request_seconds.observe(total_s)
+        c.queue_seconds.observe(queue_s)
+
+    def request_failed(self, model: str, reason: str, total_s: float) -> None:
+        c = self._model(model)
+        c.pending.dec()
+        self._failure.labels(model, reason).inc()
+        c.request_seconds.observe(total_s)
+
+    def request_rejected(self, model: str, reason: str) -> None:
+        """A request refused before it was queued (never counted as pending)."""
+        self._failure.labels(model, reason).inc()
+
+    def batch_executed(self, model: str, rows: int, compute_s: float) -> None:
+        c = self._model(model)
+        c.executions.inc()
+        c.batch_size.observe(rows)
+        c.compute_seconds.observe(compute_s)
+
+    def replica_restarted(self, model: str) -> None:
+        self._worker_restarts.labels(model).inc()
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric in this registry."""
+        return generate_latest(self.registry)

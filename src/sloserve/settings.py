@@ -1,0 +1,99 @@
+"""Server settings: command-line flags over ``SLOSERVE_*`` environment variables over defaults.
+
+Read once at start-up (:func:`load_settings`), then passed down as a frozen value;
+nothing reads the environment at import time or on the request path. Every field
+documents itself: the CLI builds its flags and ``--help`` text from this table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from sloserve.errors import InvalidArgumentError
+
+
+def default_home(env: Mapping[str, str]) -> Path:
+    """``$SLOSERVE_HOME``, else ``$XDG_CACHE_HOME/sloserve``, else ``~/.cache/sloserve``."""
+    if env.get("SLOSERVE_HOME"):
+        return Path(env["SLOSERVE_HOME"]).expanduser()
+    cache = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "sloserve"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    flag: str
+    env: str
+    help: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    repository: Path | None = None
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    max_body_mb: float = 64.0
+    shutdown_grace_s: float = 10.0
+    log_level: str = "info"
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+OPTIONS: dict[str, Option] = {
+    "repository": Option(
+        "--repository", "SLOSERVE_REPOSITORY",
+        "model repository folder (default: the built-in demo repository under the sloserve home)",
+    ),
+    "host": Option("--host", "SLOSERVE_HOST", "address to bind every port to"),
+    "http_port": Option("--http-port", "SLOSERVE_HTTP_PORT", "HTTP/REST port (0: any free port)"),
+    "grpc_port": Option("--grpc-port", "SLOSERVE_GRPC_PORT", "gRPC port (0: any free port)"),
+    "metrics_port": Option("--metrics-port", "SLOSERVE_METRICS_PORT", "Prometheus metrics port (0: any free port)"),
+    "max_body_mb": Option(
+        "--max-body-mb", "SLOSERVE_MAX_BODY_MB", "largest request body accepted, in MiB (larger: 413)"
+    ),
+    "shutdown_grace_s": Option(
+        "--shutdown-grace-s", "SLOSERVE_SHUTDOWN_GRACE_S", "on SIGINT/SIGTERM, seconds to finish in-flight requests"
+    ),
+    "log_level": Option("--log-level", "SLOSERVE_LOG_LEVEL", "debug, info, warning or error"),
+}
+
+
+def _convert(name: str, raw: Any, default: Any) -> Any:
+    if name == "repository":
+        return None if raw in (None, "") else Path(str(raw)).expanduser()
+    try:
+        return type(default)(raw)
+    except (TypeError, ValueError):
+        option = OPTIONS[name]
+        raise InvalidArgumentError(
+            f"{option.flag} / {option.env}: expected {type(default).__name__}, got {raw!r}"
+        ) from None
+
+
+def load_settings(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    """Flags (None = not given) over environment variables over defaults."""
+    env = os.environ if env is None else env
+    defaults = Settings()
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        default = getattr(defaults, f.name)
+        raw = flags.get(f.name)
+        if raw is None:
+            raw = env.get(OPTIONS[f.name].env)
+        values[f.name] = default if raw is None else _convert(f.name, raw, default)
+    settings = Settings(**values)
+    for port in ("http_port", "grpc_port", "metrics_port"):
+        value = getattr(settings, port)
+        if not 0 <= value <= 65535:
+            raise InvalidArgumentError(f"{OPTIONS[port].flag}: {value} is not a port number")
+    if settings.log_level not in ("debug", "info", "warning", "error"):
+        raise InvalidArgumentError(f"--log-level: {settings.log_level!r} is not one of debug, info, warning, error")
+    return settings

@@ -1,0 +1,186 @@
+"""Dynamic batching with a fake clock and fake replicas: no sleeping, no processes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sloserve.dataplane.batcher import BatchingSpec, DynamicBatcher
+from sloserve.dataplane.replica_set import ReplicaSet
+from sloserve.errors import InternalError, ReplicaDiedError, ResourceExhaustedError, UnavailableError
+from sloserve.replica import Arrays
+from sloserve.testing import FakeClock, FakeReplica
+from sloserve.testing.fakes import settle
+
+
+def double(inputs: Arrays) -> dict[str, np.ndarray[Any, Any]]:
+    return {"y": inputs["x"] * 2}
+
+
+def rows(value: float, n: int = 1) -> dict[str, np.ndarray[Any, Any]]:
+    return {"x": np.full((n, 2), value, dtype=np.float32)}
+
+
+def make(
+    replicas: list[FakeReplica], clock: FakeClock, *, max_batch: int = 8, delay_s: float = 0.0, queue: int = 100
+) -> DynamicBatcher:
+    spec = BatchingSpec(max_batch_size=max_batch, max_queue_delay_s=delay_s, max_queue_size=queue)
+    batcher = DynamicBatcher(spec, ReplicaSet(replicas, ["y"], clock), clock)
+    batcher.start()
+    return batcher
+
+
+async def test_requests_merge_while_the_replica_is_busy_and_each_gets_its_own_rows() -> None:
+    clock = FakeClock()
+    replica = FakeReplica(capacity=1)
+    batcher = make([replica], clock)
+    first = batcher.submit(rows(1.0), 1)
+    await settle()
+    assert len(replica.batches) == 1  # idle replica: dispatched at once, no waiting
+    later = [batcher.submit(rows(float(v), 2), 2) for v in (2, 3, 4)]
+    await settle()
+    assert len(replica.batches) == 1  # busy: the next three wait and merge
+    replica.complete(0, {"y": np.full((1, 2), 2.0, dtype=np.float32)})
+    await settle()
+    assert len(replica.batches) == 2
+    merged = replica.batches[1]["x"]
+    assert merged.shape == (6, 2)
+    replica.complete(1, double(replica.batches[1]))
+    await settle()
+    assert (await first).outputs["y"].tolist() == [[2.0, 2.0]]
+    for value, fut in zip((2, 3, 4), later, strict=True):
+        got = (await fut).outputs["y"]
+        assert got.shape == (2, 2)
+        assert np.all(got == value * 2)
+    await batcher.close()
+
+
+async def test_batches_never_exceed_max_batch_size() -> None:
+    clock = FakeClock()
+    replica = FakeReplica(capacity=1)
+    batcher = make([replica], clock, max_batch=4)
+    futures = [batcher.submit(rows(float(i), 3 if i % 2 else 1), 3 if i % 2 else 1) for i in range(7)]
+    for _ in range(10):
+        await settle()
+        for i, pending in enumerate(replica._pending):
+            if not pending.done():
+                replica.complete(i, double(replica.batches[i]))
+    await asyncio.gather(*futures)
+    assert all(b["x"].shape[0] <= 4 for b in replica.batches)
+    assert sum(b["x"].shape[0] for b in replica.batches) == sum(3 if i % 2 else 1 for i in range(7))
+    await batcher.close()
+
+
+async def test_queue_delay_waits_for_more_requests_then_dispatches_on_the_clock() -> None:
+    clock = FakeClock()
+    replica = FakeReplica(compute=double)
+    batcher = make([replica], clock, max_batch=8, delay_s=0.002)
+    a = batcher.submit(rows(1.0), 1)
+    await settle()
+    assert replica.batches == []  # waiting for the window
+    await clock.advance(0.001)
+    b = batcher.submit(rows(2.0), 1)
+    await clock.advance(0.0009)
+    assert replica.batches == []
+    await clock.advance(0.0002)  # the oldest request's window has passed
+    assert len(replica.batches) == 1 and replica.batches[0]["x"].shape == (2, 2)
+    ra, rb = await a, await b
+    assert ra.queue_s == pytest.approx(0.002, abs=1e-6)
+    assert rb.queue_s == pytest.approx(0.001, abs=1e-6)
+    await batcher.close()
+
+
+async def test_a_full_batch_does_not_wait_for_the_window() -> None:
+    clock = FakeClock()
+    replica = FakeReplica(compute=double)
+    batcher = make([replica], clock, max_batch=2, delay_s=10.0)
+    futures = [batcher.submit(rows(1.0), 1), batcher.submit(rows(2.0), 1)]
+    await settle()
+    assert len(replica.batches) == 1
+    await asyncio.gather(*futures)
+    await batcher.close()
+
+
+async def test_a_batch_failure_fails_every_request_in_it() -> None:
+    clock = FakeClock()
+    replica = FakeReplica(capacity=1)
+    batcher = make([replica], clock)
+    blocker = batcher.submit(rows(0.0), 1)
+    await settle()
+    futures = [batcher.submit(rows(1.0), 1) for _ in range(3)]
+    replica.complete(0, double(replica.batches[0]))
+    await settle()
+    replica.fail(1, InternalError("model exploded"))
+    await blocker
+    for fut in futures:
+        with pytest.raises(InternalError, match="model exploded"):
+            await fut
+    await batcher.close()
+
+
+async def test_the_queue_is_bounded() -> None:
+    clock = FakeClock()
+    replica = FakeReplica(capacity=1)
+    batcher = make([replica], clock, queue=2)
+    batcher.submit(rows(0.0), 1)
+    await settle()  # dispatched: the queue is empty again
+    batcher.submit(rows(1.0), 1)
+    batcher.submit(rows(1.0), 1)
+    with pytest.raises(ResourceExhaustedError, match="queue is full"):
+        batcher.submit(rows(1.0), 1)
+    assert batcher.queued == 2
+
+
+async def test_least_loaded_replica_takes_the_next_batch() -> None:
+    clock = FakeClock()
+    r0, r1 = FakeReplica("r0", capacity=1), FakeReplica("r1", capacity=1)
+    batcher = make([r0, r1], clock)
+    batcher.submit(rows(1.0), 1)
+    await settle()
+    batcher.submit(rows(2.0), 1)
+    await settle()
+    assert len(r0.batches) == 1 and len(r1.batches) == 1
+
+
+async def test_a_batch_whose_replica_dies_is_retried_once_on_another() -> None:
+    clock = FakeClock()
+    dying, healthy = FakeReplica("dying", capacity=1), FakeReplica("ok", capacity=1, compute=double)
+    batcher = make([dying, healthy], clock)
+    fut = batcher.submit(rows(3.0), 1)
+    await settle()
+    assert len(dying.batches) == 1
+    dying.healthy_flag = False
+    dying.fail(0, ReplicaDiedError("worker killed"))
+    result = await fut
+    assert result.outputs["y"].tolist() == [[6.0, 6.0]]
+    assert len(healthy.batches) == 1
+    await batcher.close()
+
+
+async def test_a_second_death_is_reported_as_unavailable() -> None:
+    clock = FakeClock()
+    replica = FakeReplica(capacity=1)
+    batcher = make([replica], clock)
+    fut = batcher.submit(rows(1.0), 1)
+    await settle()
+    replica.fail(0, ReplicaDiedError("first death"))
+    await settle()
+    assert len(replica.batches) == 2  # retried on the (restarted) replica
+    replica.fail(1, ReplicaDiedError("second death"))
+    with pytest.raises(UnavailableError, match="failed twice"):
+        await fut
+    await batcher.close()
+
+
+async def test_close_drains_queued_requests_and_refuses_new_ones() -> None:
+    clock = FakeClock()
+    replica = FakeReplica(compute=double)
+    batcher = make([replica], clock)
+    futures = [batcher.submit(rows(float(i)), 1) for i in range(5)]
+    await batcher.close()
+    assert all(f.done() for f in futures)  # type: ignore[attr-defined]
+    with pytest.raises(UnavailableError):
+        batcher.submit(rows(1.0), 1)
