@@ -24,9 +24,7 @@ _NUMPY_BY_DATATYPE: Final[dict[str, np.dtype[np.generic]]] = {
     "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(np.object_),
 }
-_DATATYPE_BY_NUMPY: Final[dict[np.dtype[np.generic], str]] = {
-    v: k for k, v in _NUMPY_BY_DATATYPE.items()
-}
+_DATATYPE_BY_NUMPY: Final[dict[np.dtype[np.generic], str]] = {v: k for k, v in _NUMPY_BY_DATATYPE.items()}
 
 DATATYPES: Final[tuple[str, ...]] = tuple(_NUMPY_BY_DATATYPE)
 

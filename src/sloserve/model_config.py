@@ -112,8 +112,7 @@ def _tensor(raw: Any, where: str) -> TensorSpec:
     _expect(datatype in DATATYPES, f"{where}.datatype", f"expected one of {list(DATATYPES)}, got {datatype!r}")
     shape = raw.get("shape")
     _expect(
-        isinstance(shape, list)
-        and all(isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape),
+        isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape),
         f"{where}.shape",
         f"expected a list of integers >= -1, got {shape!r}",
     )
@@ -125,8 +124,16 @@ def parse_model_config(raw: Any) -> ModelConfig:
     _expect(isinstance(raw, dict), "top level", "expected a JSON object")
     _known_keys(
         raw,
-        {"name", "platform", "max_batch_size", "inputs", "outputs", "dynamic_batching",
-         "instance_count", "intra_op_threads"},
+        {
+            "name",
+            "platform",
+            "max_batch_size",
+            "inputs",
+            "outputs",
+            "dynamic_batching",
+            "instance_count",
+            "intra_op_threads",
+        },
         "",
     )
     name = raw.get("name")

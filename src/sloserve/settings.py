@@ -49,7 +49,8 @@ class Settings:
 
 OPTIONS: dict[str, Option] = {
     "repository": Option(
-        "--repository", "SLOSERVE_REPOSITORY",
+        "--repository",
+        "SLOSERVE_REPOSITORY",
         "model repository folder (default: the built-in demo repository under the sloserve home)",
     ),
     "host": Option("--host", "SLOSERVE_HOST", "address to bind every port to"),

@@ -1,1 +1,1 @@
-"""control."""
+"""Control plane: model lifecycle, demo repository, later registration and autoscaling."""

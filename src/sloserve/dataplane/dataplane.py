@@ -144,17 +144,12 @@ class DataPlane:
             spec = config.output(out_name)
             datatype = spec.datatype if spec is not None else "BYTES"
             outputs.append(Tensor(out_name, datatype, array.shape, array))
-        return InferResponse(
-            model_name=name, model_version=host.loaded.version, id=request.id, outputs=outputs
-        )
+        return InferResponse(model_name=name, model_version=host.loaded.version, id=request.id, outputs=outputs)
 
     # -- statistics and repository extensions -----------------------------------------------------
 
     def model_stats(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
-        if name:
-            hosts = [self._host(name, version)]
-        else:
-            hosts = [self._hosts[n] for n in sorted(self._hosts)]
+        hosts = [self._host(name, version)] if name else [self._hosts[n] for n in sorted(self._hosts)]
         return {"model_stats": [h.stats.to_dict() for h in hosts]}
 
     def _require_control(self) -> RepositoryControl:

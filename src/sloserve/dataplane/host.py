@@ -37,8 +37,7 @@ class ModelHost:
     def check_version(self, version: str | None) -> None:
         if version not in (None, "", self.loaded.version):
             raise NotFoundError(
-                f"model {self.config.name!r} has no version {version!r}; "
-                f"available: {self.loaded.version!r}"
+                f"model {self.config.name!r} has no version {version!r}; available: {self.loaded.version!r}"
             )
 
     async def close(self) -> None:

@@ -46,8 +46,7 @@ def check_request(
         if batched:
             if rows not in (-1, shape[0]):
                 raise InvalidArgumentError(
-                    f"inputs disagree on the batch size: input {tensor.name!r} has {shape[0]} rows, "
-                    f"another has {rows}"
+                    f"inputs disagree on the batch size: input {tensor.name!r} has {shape[0]} rows, another has {rows}"
                 )
             rows = shape[0]
         inputs[tensor.name] = tensor.data

@@ -13,7 +13,22 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 # Seconds: 50 µs .. 10 s, dense where a served request usually lands.
 _LATENCY_BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    10.0,
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -44,23 +59,34 @@ class ServingMetrics:
             registry=r,
         )
         self._inferences = Counter(
-            "sloserve_inference_count", "Rows inferred (batch dimension summed over requests).", ["model"],
+            "sloserve_inference_count",
+            "Rows inferred (batch dimension summed over requests).",
+            ["model"],
             registry=r,
         )
         self._executions = Counter(
             "sloserve_execution_count", "Model executions (batches run on a replica).", ["model"], registry=r
         )
         self._request_seconds = Histogram(
-            "sloserve_request_duration_seconds", "End-to-end time of an inference request in the server.",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+            "sloserve_request_duration_seconds",
+            "End-to-end time of an inference request in the server.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self._queue_seconds = Histogram(
-            "sloserve_queue_duration_seconds", "Time a request waited in the batching queue.",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+            "sloserve_queue_duration_seconds",
+            "Time a request waited in the batching queue.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self._compute_seconds = Histogram(
-            "sloserve_compute_duration_seconds", "Time a batch spent on its replica (transfer included).",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+            "sloserve_compute_duration_seconds",
+            "Time a batch spent on its replica (transfer included).",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self._batch_size = Histogram(
             "sloserve_batch_size", "Rows per executed batch.", ["model"], buckets=_BATCH_BUCKETS, registry=r

@@ -15,7 +15,7 @@ import numpy as np
 
 from sloserve.datatypes import numpy_dtype
 from sloserve.errors import InvalidArgumentError
-from sloserve.protocol.raw_tensor import element_count
+from sloserve.protocol.raw_tensor import INTEGER_RANGES, element_count
 
 # Inferred numpy kinds each datatype accepts from JSON: integers are fine for
 # floats, but floats are never silently truncated to integers, strings never
@@ -50,11 +50,12 @@ def array_from_json(data: Any, datatype: str, shape: tuple[int, ...], label: str
         raise InvalidArgumentError(
             f"{label}: data must be a flat or evenly nested list of numbers; got a ragged nested list"
         ) from None
-    if inferred.dtype.kind not in _ACCEPTED_KINDS[datatype] and inferred.size:
-        raise InvalidArgumentError(f"{label}: {_describe_bad_element(data, datatype)}")
     target = numpy_dtype(datatype)
-    if inferred.dtype != target and inferred.size and target.kind in "iu":
-        _check_integer_range(inferred, data, datatype, label)
+    if inferred.size:
+        if inferred.dtype.kind not in _ACCEPTED_KINDS[datatype]:
+            _raise_bad_element(data, datatype, label)
+        if inferred.dtype != target and target.kind in "iu":
+            _check_integer_range(inferred, data, datatype, label)
     _check_count(inferred.size, shape, label)
     return inferred.astype(target, copy=False).reshape(shape)
 
@@ -89,13 +90,18 @@ def _check_count(size: int, shape: tuple[int, ...], label: str) -> None:
 
 
 def _check_integer_range(inferred: np.ndarray[Any, Any], data: Any, datatype: str, label: str) -> None:
-    info = np.iinfo(numpy_dtype(datatype))
-    if inferred.dtype.kind in "iu" and info.min <= inferred.min() and inferred.max() <= info.max:
+    low, high = INTEGER_RANGES[datatype]
+    if low <= inferred.min() and inferred.max() <= high:
         return
+    _raise_out_of_range(data, datatype, label)
+
+
+def _raise_out_of_range(data: Any, datatype: str, label: str) -> None:
+    low, high = INTEGER_RANGES[datatype]
     for value in _leaves(data):
-        if not info.min <= value <= info.max:
+        if not low <= value <= high:
             raise InvalidArgumentError(
-                f"{label}: value {value} is out of range for {datatype} [{info.min}, {info.max}]"
+                f"{label}: value {value} is out of range for {datatype} [{low}, {high}]"
             )
 
 
@@ -107,7 +113,9 @@ def _bytes_from_json(data: Any, shape: tuple[int, ...], label: str) -> np.ndarra
     items = list(_leaves(data))
     for item in items:
         if not isinstance(item, str):
-            raise InvalidArgumentError(f"{label}: BYTES data must be strings, got {_kind(item)} {item!r}")
+            raise InvalidArgumentError(
+                f"{label}: BYTES data must be strings, got {_kind(item)} {_short(item)}"
+            )
     _check_count(len(items), shape, label)
     out = np.empty(len(items), dtype=np.object_)
     out[:] = [item.encode("utf-8") for item in items]
@@ -123,17 +131,27 @@ def _leaves(data: Any) -> Iterator[Any]:
         yield data
 
 
-def _describe_bad_element(data: Any, datatype: str) -> str:
-    """Why ``data`` does not fit ``datatype``: the first element of the wrong kind."""
+def _raise_bad_element(data: Any, datatype: str, label: str) -> None:
+    """Name the first element of ``data`` that does not fit ``datatype``."""
+    integers = numpy_dtype(datatype).kind in "iu"
     for value in _leaves(data):
         if datatype == "BOOL":
             if not isinstance(value, bool):
-                return f"BOOL data must be true or false, got {_kind(value)} {value!r}"
+                problem = f"BOOL data must be true or false, got {_kind(value)} {_short(value)}"
+                raise InvalidArgumentError(f"{label}: {problem}")
         elif isinstance(value, bool) or not isinstance(value, int | float):
-            return f"{datatype} data must be numbers, got {_kind(value)} {value!r}"
-        elif datatype[0] in "IU" and isinstance(value, float):
-            return f"{datatype} data must be integers, got {value!r}"
-    return f"data does not fit {datatype}"
+            problem = f"{datatype} data must be numbers, got {_kind(value)} {_short(value)}"
+            raise InvalidArgumentError(f"{label}: {problem}")
+        elif integers and isinstance(value, float):
+            raise InvalidArgumentError(f"{label}: {datatype} data must be integers, got {value!r}")
+    if integers:  # all integers, but no common numpy type holds them: some are out of range
+        _raise_out_of_range(data, datatype, label)
+    raise InvalidArgumentError(f"{label}: data does not fit {datatype}")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _kind(value: object) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -29,10 +28,25 @@ _LITTLE_ENDIAN: Final[dict[str, np.dtype[Any]]] = {
     name: numpy_dtype(name).newbyteorder("<") for name in DATATYPES if name != "BYTES"
 }
 
+INTEGER_RANGES: Final[dict[str, tuple[int, int]]] = {
+    name: (int(info.min), int(info.max))
+    for name, info in (
+        ("UINT8", np.iinfo(np.uint8)),
+        ("UINT16", np.iinfo(np.uint16)),
+        ("UINT32", np.iinfo(np.uint32)),
+        ("UINT64", np.iinfo(np.uint64)),
+        ("INT8", np.iinfo(np.int8)),
+        ("INT16", np.iinfo(np.int16)),
+        ("INT32", np.iinfo(np.int32)),
+        ("INT64", np.iinfo(np.int64)),
+    )
+}
+"""Inclusive ``(min, max)`` of each integer datatype."""
+
 
 def checked_shape(shape: object, label: str) -> tuple[int, ...]:
-    """``shape`` as a tuple of non-negative ints, or a clear error."""
-    if not isinstance(shape, Sequence) or isinstance(shape, str | bytes):
+    """``shape`` (a list or tuple) as a tuple of non-negative ints, or a clear error."""
+    if type(shape) is not list and type(shape) is not tuple:
         raise InvalidArgumentError(f"{label}: shape must be a list of integers, got {shape!r}")
     for dim in shape:
         if type(dim) is not int:
@@ -61,7 +75,8 @@ def array_from_raw(
             f"needs {expected} ({count} elements of {wire.itemsize} bytes)"
         )
     if datatype == "BOOL":
-        return (np.frombuffer(raw, dtype=np.uint8) != 0).reshape(shape)
+        flags: np.ndarray[Any, Any] = np.frombuffer(raw, dtype=np.uint8) != 0
+        return flags.reshape(shape)
     return np.frombuffer(raw, dtype=wire).astype(numpy_dtype(datatype)).reshape(shape)
 
 
@@ -103,16 +118,14 @@ def bytes_elements_from_raw(raw: bytes | memoryview, count: int, label: str) -> 
     for index in range(count):
         if offset + _LENGTH_SIZE > total:
             raise InvalidArgumentError(
-                f"{label}: BYTES element {index} has a truncated length prefix at byte {offset} "
-                f"of {total}"
+                f"{label}: BYTES element {index} has a truncated length prefix at byte {offset} of {total}"
             )
         (length,) = unpack(view, offset)
         offset += _LENGTH_SIZE
         end = offset + length
         if end > total:
             raise InvalidArgumentError(
-                f"{label}: BYTES element {index} declares {length} bytes but only "
-                f"{total - offset} remain"
+                f"{label}: BYTES element {index} declares {length} bytes but only {total - offset} remain"
             )
         out[index] = bytes(view[offset:end])
         offset = end

@@ -111,9 +111,7 @@ class OnnxSession:
         feed = self._feed(inputs)
         for name in output_names:
             if name not in self._output_names:
-                raise NotFoundError(
-                    f"unknown output {name!r}; the model has {sorted(self._output_names)}"
-                )
+                raise NotFoundError(f"unknown output {name!r}; the model has {sorted(self._output_names)}")
         try:
             results = self._session.run(list(output_names), feed)
         except (_ORT_INVALID_ARGUMENT, ValueError) as exc:

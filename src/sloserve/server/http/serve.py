@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable, Callable
 
 import uvicorn
 
-from sloserve.server.http.app import Scope, Receive, Send
-from collections.abc import Awaitable, Callable
+from sloserve.server.http.app import Receive, Scope, Send
 
 AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 

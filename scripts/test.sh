@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install sloserve with its test tools into .venv, then run lint, types, the import-layer
+# contract and the whole test suite. This is the README's test command; .ci/run runs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
+echo "== mypy --strict src/"; .venv/bin/mypy
+echo "== import layers"; .venv/bin/lint-imports
+echo "== pytest"; .venv/bin/python -m pytest "$@"

@@ -1,0 +1,114 @@
+"""The composition root: builds every part from :class:`Settings` and runs the server.
+
+Nothing below this module knows how the parts are wired: the data plane gets its
+models from catalog snapshots the lifecycle publishes; transports get the data
+plane; the lifecycle gets a factory that makes local worker replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sloserve.clock import Clock, SystemClock
+from sloserve.cluster.local import LocalReplica
+from sloserve.control.lifecycle import ModelLifecycle
+from sloserve.dataplane.dataplane import DataPlane
+from sloserve.metrics import ServingMetrics
+from sloserve.model_config import ModelConfig
+from sloserve.registry.repository import ModelRepository
+from sloserve.replica import Replica
+from sloserve.server.grpc.service import GrpcServer
+from sloserve.server.http.app import HttpApp
+from sloserve.server.http.serve import UvicornServer, bind
+from sloserve.server.metrics_http import MetricsApp
+from sloserve.settings import Settings
+from sloserve.types import ReplicaId
+
+log = logging.getLogger(__name__)
+
+
+def local_replica(config: ModelConfig, artifact: Path, index: int) -> Replica:
+    return LocalReplica(
+        ReplicaId(f"{config.name}-{index}"),
+        artifact,
+        intra_op_threads=config.intra_op_threads,
+        max_batch_rows=max(config.max_batch_size, 1),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    http: int
+    grpc: int
+    metrics: int
+
+
+class Server:
+    """Every part of a running sloserve, started and stopped in the right order."""
+
+    def __init__(self, settings: Settings, repository: Path, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.metrics = ServingMetrics()
+        self.dataplane = DataPlane(clock or SystemClock(), self.metrics)
+        self.repository = ModelRepository(repository)
+        self.lifecycle = ModelLifecycle(self.repository, local_replica, self.dataplane.apply_catalog)
+        self.dataplane.attach_control(self.lifecycle)
+        self._http: UvicornServer | None = None
+        self._metrics_http: UvicornServer | None = None
+        self._grpc: GrpcServer | None = None
+
+    @property
+    def ports(self) -> Ports:
+        assert self._http and self._grpc and self._metrics_http, "the server has not started"
+        return Ports(self._http.port, self._grpc.port, self._metrics_http.port)
+
+    async def start(self) -> None:
+        """Load every model, then open the ports; ready once all of that is done."""
+        s = self.settings
+        await self.lifecycle.load_all()
+        http_sock = bind(s.host, s.http_port)
+        metrics_sock = bind(s.host, s.metrics_port)
+        self._http = UvicornServer(HttpApp(self.dataplane, s.max_body_bytes), http_sock, s.shutdown_grace_s)
+        self._metrics_http = UvicornServer(MetricsApp(self.metrics), metrics_sock, 1.0)
+        self._grpc = GrpcServer(self.dataplane, s.host, s.grpc_port, s.max_body_bytes, s.shutdown_grace_s)
+        await self._http.start()
+        await self._grpc.start()
+        await self._metrics_http.start()
+        self.dataplane.set_ready(True)
+
+    async def stop(self) -> None:
+        """Stop accepting, finish in-flight requests within the grace period, stop replicas."""
+        self.dataplane.set_ready(False)
+        transports = [t.stop() for t in (self._http, self._grpc) if t is not None]
+        await asyncio.gather(*transports, return_exceptions=True)
+        try:
+            async with asyncio.timeout(self.settings.shutdown_grace_s):
+                await self.lifecycle.close()
+        except TimeoutError:
+            log.warning("models did not drain within %.1f s; stopping anyway", self.settings.shutdown_grace_s)
+        if self._metrics_http is not None:
+            await self._metrics_http.stop()
+
+
+async def serve(settings: Settings, repository: Path, on_ready: Callable[[Server], None] | None = None) -> None:
+    """Run until SIGINT or SIGTERM, then shut down gracefully."""
+    server = Server(settings, repository)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        if on_ready is not None:
+            on_ready(server)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await server.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

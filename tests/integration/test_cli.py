@@ -1,0 +1,103 @@
+"""The command line as a user runs it: real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from sklearn.datasets import load_wine
+from sklearn.linear_model import LogisticRegression
+
+
+def run(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SLOSERVE_HOME": str(home), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "sloserve.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_help_documents_every_setting(tmp_path: Path) -> None:
+    out = run("serve", "--help", home=tmp_path).stdout
+    for text in ("--repository", "--http-port", "--grpc-port", "--metrics-port", "SLOSERVE_HTTP_PORT", "--max-body-mb"):
+        assert text in out
+
+
+def test_add_sklearn_then_list_then_refuse_junk(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    x, y = load_wine(return_X_y=True)
+    model = LogisticRegression(max_iter=2000).fit(x, y)
+    pkl = tmp_path / "wine.pkl"
+    pkl.write_bytes(pickle.dumps(model))
+    added = run("add", str(pkl), "--name", "wine", "--repository", str(repo), home=tmp_path)
+    assert added.returncode == 0, added.stderr
+    listed = run("models", "--repository", str(repo), home=tmp_path)
+    assert "wine" in listed.stdout and "FP32" in listed.stdout and "[-1, 13]" in listed.stdout
+
+    junk = tmp_path / "notes.txt"
+    junk.write_text("this is not a model")
+    before = sorted(p.name for p in repo.rglob("*"))
+    refused = run("add", str(junk), "--name", "junk", "--repository", str(repo), home=tmp_path)
+    assert refused.returncode != 0
+    assert "not an ONNX model" in refused.stderr
+    assert sorted(p.name for p in repo.rglob("*")) == before
+    duplicate = run("add", str(pkl), "--name", "wine", "--repository", str(repo), home=tmp_path)
+    assert duplicate.returncode != 0 and "--replace" in duplicate.stderr
+
+
+def test_serve_builds_the_demo_answers_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    ports = [free_port() for _ in range(3)]
+    env = {**os.environ, "SLOSERVE_HOME": str(tmp_path), "SLOSERVE_HTTP_PORT": str(ports[0])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sloserve.cli", "demo", "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{ports[0]}")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if client.is_server_ready():
+                    break
+            except Exception:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.2)
+        x = np.load(tmp_path / "repository" / "digits" / "validation.npz")["X"][:3].astype(np.float32)
+        inp = httpclient.InferInput("input", [3, 64], "FP32")
+        inp.set_data_from_numpy(x)
+        assert client.infer("digits", [inp]).as_numpy("label").shape == (3,)
+        assert "sloserve_request_success_total" in httpx.get(f"http://127.0.0.1:{ports[2]}/metrics").text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        output = proc.stdout.read() if proc.stdout else ""
+        assert "curl" in output and "tritonclient" in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("flag", [["--http-port", "99999"], ["--log-level", "loud"]])
+def test_bad_settings_are_reported(tmp_path: Path, flag: list[str]) -> None:
+    result = run("serve", "--repository", str(tmp_path), *flag, home=tmp_path)
+    assert result.returncode == 2
+    assert "error" in result.stderr
