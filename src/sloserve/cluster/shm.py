@@ -209,9 +209,7 @@ def write(buf: memoryview, packed: Packed) -> None:
             np.copyto(target, item, casting="no")
 
 
-def read(
-    buf: memoryview, refs: Iterable[TensorRef], *, copy: bool, inline: Sequence[Array] = ()
-) -> dict[str, Array]:
+def read(buf: memoryview, refs: Iterable[TensorRef], *, copy: bool, inline: Sequence[Array] = ()) -> dict[str, Array]:
     """The tensors ``refs`` describe, as copies (``copy=True``) or as views of ``buf``.
 
     Views alias the slot: only the worker, which is done with them before the slot
@@ -290,6 +288,8 @@ class Segment:
                 break
             except FileExistsError:
                 continue
+            except OSError as exc:
+                raise InternalError(f"cannot create a {size}-byte shared memory segment: {exc}") from None
         else:
             raise InternalError("could not find an unused shared memory name")
         self.name: str = self._shm.name
@@ -334,6 +334,9 @@ class SlotPool:
 
     def names(self) -> list[str]:
         return [s.name for s in self._segments]
+
+    def segment(self, slot: int) -> Segment:
+        return self._segments[slot]
 
     def ensure(self, slot: int, needed: int) -> Segment:
         """Slot ``slot``'s segment, replaced by a bigger one first if it is under ``needed``."""

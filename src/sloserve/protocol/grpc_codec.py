@@ -18,7 +18,7 @@ from typing import Any, Final
 import numpy as np
 from google.protobuf.internal.containers import MessageMap
 
-from sloserve.datatypes import numpy_dtype
+from sloserve.datatypes import DATATYPES, numpy_dtype
 from sloserve.errors import InvalidArgumentError
 from sloserve.protocol.generated import inference_pb2 as pb
 from sloserve.protocol.raw_tensor import (
@@ -50,6 +50,7 @@ _CONTENTS: Final[dict[str, tuple[str, np.dtype[Any]]]] = {
 }
 _CONTENTS_FIELDS: Final = tuple(sorted({field for field, _ in _CONTENTS.values()}))
 
+_DATATYPES: Final = frozenset(DATATYPES)
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 _UINT64_MAX: Final = 2**64 - 1
@@ -60,28 +61,28 @@ _UINT64_MAX: Final = 2**64 - 1
 
 def request_from_proto(msg: pb.ModelInferRequest) -> InferRequest:
     """Decode a ``ModelInferRequest``; client mistakes raise InvalidArgumentError."""
-    raw = msg.raw_input_contents
-    if raw and len(raw) != len(msg.inputs):
+    entries = msg.inputs
+    raw = list(msg.raw_input_contents)
+    if raw and len(raw) != len(entries):
         raise InvalidArgumentError(
-            f"request has {len(raw)} raw_input_contents entries but {len(msg.inputs)} inputs; "
+            f"request has {len(raw)} raw_input_contents entries but {len(entries)} inputs; "
             "raw contents need exactly one entry per input, in input order"
         )
-    if not msg.inputs:
+    if not entries:
         raise InvalidArgumentError("request must have at least one input tensor")
-    inputs = [_decode_input(position, tensor, raw) for position, tensor in enumerate(msg.inputs)]
+    inputs = [_decode_input(entry, raw[position] if raw else None, position) for position, entry in enumerate(entries)]
     if len(inputs) > 1 and len({t.name for t in inputs}) != len(inputs):
         raise InvalidArgumentError("request names the same input more than once")
+    outputs = []
+    for out in msg.outputs:
+        name = out.name
+        outputs.append(RequestedOutput(name, parameters_from_proto(out.parameters, f"output {name!r}")))
     return InferRequest(
         model_name=msg.model_name,
         model_version=msg.model_version or None,
         id=msg.id or None,
         inputs=inputs,
-        outputs=[
-            RequestedOutput(
-                name=out.name, parameters=parameters_from_proto(out.parameters, f"output {out.name!r}")
-            )
-            for out in msg.outputs
-        ],
+        outputs=outputs,
         parameters=parameters_from_proto(msg.parameters, "request"),
     )
 
@@ -106,31 +107,24 @@ def request_to_proto(request: InferRequest, *, raw_contents: bool = True) -> pb.
     return msg
 
 
-def _decode_input(position: int, tensor: pb.ModelInferRequest.InferInputTensor, raw: Any) -> Tensor:
-    if not tensor.name:
+def _decode_input(entry: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, position: int) -> Tensor:
+    name = entry.name
+    if not name:
         raise InvalidArgumentError(f"inputs[{position}] must have a name")
-    label = f"input {tensor.name!r}"
-    datatype = tensor.datatype
-    try:
-        numpy_dtype(datatype)
-    except InvalidArgumentError as exc:
-        raise InvalidArgumentError(f"{label}: {exc.message}") from None
-    shape = checked_shape(tuple(tensor.shape), label)
-    if raw:
-        if tensor.contents.ByteSize():
+    label = f"input {name!r}"
+    datatype = entry.datatype
+    if datatype not in _DATATYPES:
+        raise InvalidArgumentError(f"{label}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
+    shape = checked_shape(list(entry.shape), label)
+    if raw is not None:
+        if entry.HasField("contents") and entry.contents.ByteSize():
             raise InvalidArgumentError(
                 f"{label}: has typed contents but the request uses raw_input_contents; use one or the other"
             )
-        data = array_from_raw(raw[position], datatype, shape, label)
+        data = array_from_raw(raw, datatype, shape, label)
     else:
-        data = _array_from_contents(tensor.contents, datatype, shape, label)
-    return Tensor(
-        name=tensor.name,
-        datatype=datatype,
-        shape=shape,
-        data=data,
-        parameters=parameters_from_proto(tensor.parameters, label),
-    )
+        data = _array_from_contents(entry.contents, datatype, shape, label)
+    return Tensor(name, datatype, shape, data, parameters_from_proto(entry.parameters, label))
 
 
 # ----------------------------------------------------------------- responses
@@ -194,9 +188,7 @@ def _array_from_contents(
 ) -> np.ndarray[Any, Any]:
     if datatype not in _CONTENTS:  # FP16: no typed field exists
         numpy_dtype(datatype)  # unknown datatypes get their own message
-        raise InvalidArgumentError(
-            f"{label}: {datatype} has no typed contents; send it in raw_input_contents"
-        )
+        raise InvalidArgumentError(f"{label}: {datatype} has no typed contents; send it in raw_input_contents")
     field, wire = _CONTENTS[datatype]
     values = getattr(contents, field)
     count = element_count(shape)
@@ -242,11 +234,11 @@ def _fill_contents(contents: pb.InferTensorContents, tensor: Tensor, label: str)
 # ---------------------------------------------------------------- parameters
 
 
-def parameters_from_proto(
-    params: Mapping[str, pb.InferParameter], label: str = "request"
-) -> dict[str, ParameterValue]:
+def parameters_from_proto(params: Mapping[str, pb.InferParameter], label: str = "request") -> dict[str, ParameterValue]:
     """An ``InferParameter`` map as a plain dict; a parameter with no value is an error."""
     out: dict[str, ParameterValue] = {}
+    if not params:
+        return out
     for key, param in params.items():
         kind = param.WhichOneof("parameter_choice")
         if kind is None:

@@ -94,9 +94,7 @@ def encode_infer_response(response: InferResponse, request: InferRequest) -> tup
     transport sends it as the ``Inference-Header-Content-Length`` header.
     """
     binary_default = request.parameters.get(BINARY_DATA_OUTPUT) is True
-    binary_by_name = {
-        out.name: out.parameters.get(BINARY_DATA, binary_default) is True for out in request.outputs
-    }
+    binary_by_name = {out.name: out.parameters.get(BINARY_DATA, binary_default) is True for out in request.outputs}
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for tensor in response.outputs:
@@ -146,12 +144,10 @@ def _decode_input(raw_input: Any, position: int, binary: memoryview, offset: int
         raise InvalidArgumentError(f"{label}: missing 'shape'")
     shape = checked_shape(raw_input["shape"], label)
     datatype = raw_input.get("datatype")
-    if datatype not in _DATATYPES:
+    if type(datatype) is not str or datatype not in _DATATYPES:
         if datatype is None:
             raise InvalidArgumentError(f"{label}: missing 'datatype'")
-        raise InvalidArgumentError(
-            f"{label}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
-        )
+        raise InvalidArgumentError(f"{label}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
     parameters = _checked_parameters(raw_input.get("parameters"), label)
 
     size = parameters.pop(BINARY_DATA_SIZE, None)
@@ -201,9 +197,7 @@ def _checked_parameters(raw: Any, label: str) -> dict[str, Any]:
         raise InvalidArgumentError(f"{label}: 'parameters' must be a JSON object")
     for key, value in raw.items():
         if not isinstance(value, _SCALAR_TYPES):
-            raise InvalidArgumentError(
-                f"{label}: parameter {key!r} must be a string, number or boolean, got {value!r}"
-            )
+            raise InvalidArgumentError(f"{label}: parameter {key!r} must be a string, number or boolean, got {value!r}")
     return raw
 
 

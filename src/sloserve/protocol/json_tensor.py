@@ -84,9 +84,7 @@ def _text_of(item: object) -> str:
 def _check_count(size: int, shape: tuple[int, ...], label: str) -> None:
     expected = element_count(shape)
     if size != expected:
-        raise InvalidArgumentError(
-            f"{label}: shape {list(shape)} holds {expected} elements but data has {size}"
-        )
+        raise InvalidArgumentError(f"{label}: shape {list(shape)} holds {expected} elements but data has {size}")
 
 
 def _check_integer_range(inferred: np.ndarray[Any, Any], data: Any, datatype: str, label: str) -> None:
@@ -100,9 +98,7 @@ def _raise_out_of_range(data: Any, datatype: str, label: str) -> None:
     low, high = INTEGER_RANGES[datatype]
     for value in _leaves(data):
         if not low <= value <= high:
-            raise InvalidArgumentError(
-                f"{label}: value {value} is out of range for {datatype} [{low}, {high}]"
-            )
+            raise InvalidArgumentError(f"{label}: value {value} is out of range for {datatype} [{low}, {high}]")
 
 
 def _bytes_from_json(data: Any, shape: tuple[int, ...], label: str) -> np.ndarray[Any, Any]:
@@ -113,9 +109,7 @@ def _bytes_from_json(data: Any, shape: tuple[int, ...], label: str) -> np.ndarra
     items = list(_leaves(data))
     for item in items:
         if not isinstance(item, str):
-            raise InvalidArgumentError(
-                f"{label}: BYTES data must be strings, got {_kind(item)} {_short(item)}"
-            )
+            raise InvalidArgumentError(f"{label}: BYTES data must be strings, got {_kind(item)} {_short(item)}")
     _check_count(len(items), shape, label)
     out = np.empty(len(items), dtype=np.object_)
     out[:] = [item.encode("utf-8") for item in items]

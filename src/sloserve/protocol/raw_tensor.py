@@ -60,9 +60,7 @@ def element_count(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
 
 
-def array_from_raw(
-    raw: bytes | memoryview, datatype: str, shape: tuple[int, ...], label: str
-) -> np.ndarray[Any, Any]:
+def array_from_raw(raw: bytes | memoryview, datatype: str, shape: tuple[int, ...], label: str) -> np.ndarray[Any, Any]:
     """Decode one tensor's raw bytes into an array of ``datatype`` in ``shape``."""
     count = element_count(shape)
     if datatype == "BYTES":
@@ -131,7 +129,6 @@ def bytes_elements_from_raw(raw: bytes | memoryview, count: int, label: str) -> 
         offset = end
     if offset != total:
         raise InvalidArgumentError(
-            f"{label}: BYTES data has {total - offset} bytes left over after the {count} "
-            "elements its shape holds"
+            f"{label}: BYTES data has {total - offset} bytes left over after the {count} elements its shape holds"
         )
     return out

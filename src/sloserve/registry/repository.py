@@ -16,6 +16,7 @@ whose name starts with a dot are never listed as models.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -72,9 +73,7 @@ class ModelRepository:
         """Model folders, sorted; dot-folders (temporary writes) are skipped."""
         if not self.root.is_dir():
             return []
-        return sorted(
-            ModelName(p.name) for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
+        return sorted(ModelName(p.name) for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def _model_dir(self, name: str) -> Path:
         path = self.root / name
@@ -99,27 +98,21 @@ class ModelRepository:
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(f"{path}: {exc.message}") from None
         if config.name != name:
-            raise InvalidArgumentError(
-                f"{path}: name {config.name!r} does not match the folder name {name!r}"
-            )
+            raise InvalidArgumentError(f"{path}: name {config.name!r} does not match the folder name {name!r}")
         return config
 
     def versions(self, name: str) -> list[VersionId]:
         """Numeric version folders holding a model.onnx, in numeric order."""
         model_dir = self._model_dir(name)
         found = [
-            VersionId(p.name)
-            for p in model_dir.iterdir()
-            if _is_version(p.name) and (p / ARTIFACT_FILE).is_file()
+            VersionId(p.name) for p in model_dir.iterdir() if _is_version(p.name) and (p / ARTIFACT_FILE).is_file()
         ]
         return sorted(found, key=int)
 
     def artifact(self, name: str, version: str) -> Path:
         path = self._model_dir(name) / version / ARTIFACT_FILE
         if not _is_version(version) or not path.is_file():
-            raise NotFoundError(
-                f"model {name!r} has no version {version!r} (versions: {self.versions(name)})"
-            )
+            raise NotFoundError(f"model {name!r} has no version {version!r} (versions: {self.versions(name)})")
         return path
 
     def load(self, name: str) -> ModelEntry:
@@ -127,9 +120,7 @@ class ModelRepository:
         config = self.read_config(name)
         versions = {v: self.artifact(name, v) for v in self.versions(name)}
         if not versions:
-            raise InvalidArgumentError(
-                f"model {name!r} has no version: expected {self.root / name}/1/{ARTIFACT_FILE}"
-            )
+            raise InvalidArgumentError(f"model {name!r} has no version: expected {self.root / name}/1/{ARTIFACT_FILE}")
         for path in versions.values():
             graph.check_config(config, path)
         return ModelEntry(config=config, versions=versions)
@@ -218,7 +209,12 @@ class ModelRepository:
     def _move_into_place(self, staging: Path, final: Path) -> None:
         try:
             if not final.exists():
-                os.rename(staging, final)
+                try:
+                    os.rename(staging, final)
+                except OSError as exc:
+                    if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):  # a concurrent writer won the race
+                        self._refuse_existing(final, replace=False)
+                    raise
             else:
                 aside = self.root / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
                 os.rename(final, aside)
@@ -258,9 +254,7 @@ class ModelRepository:
         source: bytes | Path
         if graph.is_onnx(path):
             if n_features is not None:
-                raise InvalidArgumentError(
-                    f"{path} is an ONNX model; n_features applies only to scikit-learn"
-                )
+                raise InvalidArgumentError(f"{path} is an ONNX model; n_features applies only to scikit-learn")
             source = path
         else:
             source = sklearn_convert.convert_file(path, n_features=n_features, input_datatype=input_datatype)

@@ -107,9 +107,7 @@ def build_digits(repository: ModelWriter, name: str = "digits", *, replace: bool
     config = config_from_signature(model_name, *read_signature(onnx_bytes), max_batch_size=64)
     validation = io.BytesIO()
     np.savez(validation, X=x_val, y=y_val)
-    model_dir = repository.write_model(
-        config, onnx_bytes, {VALIDATION_FILE: validation.getvalue()}, replace=replace
-    )
+    model_dir = repository.write_model(config, onnx_bytes, {VALIDATION_FILE: validation.getvalue()}, replace=replace)
     model_path = repository.artifact(model_name, VersionId("1"))
     predicted = OnnxSession(model_path).run({INPUT_NAME: x_val}, ["label"])["label"]
     return DemoReport(
@@ -146,8 +144,8 @@ def build_wide_mlp(
     previous, fan_in = INPUT_NAME, in_features
     sizes = [width] * layers + [out_features]
     for index, fan_out in enumerate(sizes):
-        w = (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-        b = (rng.standard_normal(fan_out) * 0.01).astype(np.float32)
+        w = rng.standard_normal((fan_in, fan_out), dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
+        b = rng.standard_normal(fan_out, dtype=np.float32) * np.float32(0.01)
         weights += [numpy_helper.from_array(w, f"w{index}"), numpy_helper.from_array(b, f"b{index}")]
         last = index == len(sizes) - 1
         gemm_out = "output" if last else f"gemm{index}"

@@ -75,9 +75,7 @@ def _tensor(value: Any, kind: str, where: str) -> _GraphTensor:
     return _GraphTensor(value.name, datatype, shape)
 
 
-def _graph_tensors(
-    model: onnx.ModelProto, where: str
-) -> tuple[tuple[_GraphTensor, ...], tuple[_GraphTensor, ...]]:
+def _graph_tensors(model: onnx.ModelProto, where: str) -> tuple[tuple[_GraphTensor, ...], tuple[_GraphTensor, ...]]:
     graph = model.graph
     # Before IR 4 initializers were also listed as inputs; they are weights, not inputs.
     weights = {init.name for init in graph.initializer}
@@ -173,8 +171,7 @@ def check_config(config: ModelConfig, source: Path | bytes) -> None:
             graph = by_name.get(spec.name)
             if graph is None:
                 problems.append(
-                    f"{kind} {spec.name!r} is in the config but not in the graph "
-                    f"(graph {kind}s: {sorted(by_name)})"
+                    f"{kind} {spec.name!r} is in the config but not in the graph (graph {kind}s: {sorted(by_name)})"
                 )
             else:
                 problems.extend(_compare(kind, spec, graph))

@@ -79,9 +79,11 @@ def _specs(args: Sequence[Any], kind: str) -> tuple[TensorSpec, ...]:
 class OnnxSession:
     """A loaded model: its signature and a synchronous ``run``.
 
-    One session is used by one thread at a time (a worker process runs batches
-    one after another); onnxruntime's own thread pool is sized by
-    ``intra_op_threads``.
+    ``run`` keeps no state of its own and onnxruntime sessions are thread-safe;
+    onnxruntime's own thread pool is sized by ``intra_op_threads``. ``inputs`` and
+    ``outputs`` are what onnxruntime reports; it cannot tell a tensor of unknown
+    rank from a scalar (both read ``()``), so registration reads the signature
+    with :func:`sloserve.runtime.graph.read_signature` instead.
     """
 
     def __init__(self, path: Path, intra_op_threads: int = 1) -> None:
@@ -94,9 +96,7 @@ class OnnxSession:
         options.intra_op_num_threads = intra_op_threads
         options.log_severity_level = 3  # errors only; warnings would flood worker logs
         try:
-            self._session = ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises a zoo of classes not derived from one base
             raise InvalidArgumentError(f"{path} is not a loadable ONNX model: {_ort_message(exc)}") from None
         self.path = path
@@ -129,8 +129,7 @@ class OnnxSession:
             missing = sorted(expected.keys() - inputs.keys())
             unknown = sorted(inputs.keys() - expected.keys())
             raise InvalidArgumentError(
-                f"inputs do not match the model: missing {missing}, unknown {unknown}; "
-                f"expected {sorted(expected)}"
+                f"inputs do not match the model: missing {missing}, unknown {unknown}; expected {sorted(expected)}"
             )
         feed: dict[str, Array] = {}
         for name, array in inputs.items():
@@ -138,9 +137,7 @@ class OnnxSession:
             if want.kind == "O":
                 feed[name] = _decode_bytes(name, array)
             elif array.dtype != want:
-                raise InvalidArgumentError(
-                    f"input {name!r} has dtype {array.dtype}, the model expects {want}"
-                )
+                raise InvalidArgumentError(f"input {name!r} has dtype {array.dtype}, the model expects {want}")
             else:
                 feed[name] = array
         return feed

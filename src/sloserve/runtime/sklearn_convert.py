@@ -52,9 +52,7 @@ def load_estimator(path: Path) -> Any:
     return estimator
 
 
-def estimator_to_onnx(
-    estimator: Any, *, n_features: int | None = None, input_datatype: str = "FP32"
-) -> bytes:
+def estimator_to_onnx(estimator: Any, *, n_features: int | None = None, input_datatype: str = "FP32") -> bytes:
     """Convert a fitted estimator with skl2onnx; return the serialized ONNX model."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, Int64TensorType
@@ -81,9 +79,7 @@ def estimator_to_onnx(
         )
     except Exception as exc:  # skl2onnx raises many unrelated classes for unsupported models
         reason = " ".join(str(exc).split("\n", 1)[0].split()) or type(exc).__name__
-        raise InvalidArgumentError(
-            f"cannot convert scikit-learn {name} to ONNX (skl2onnx: {reason})"
-        ) from None
+        raise InvalidArgumentError(f"cannot convert scikit-learn {name} to ONNX (skl2onnx: {reason})") from None
     data: bytes = model.SerializeToString()
     return data
 

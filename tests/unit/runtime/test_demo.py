@@ -34,7 +34,7 @@ def test_digits_reaches_95_percent_held_out_with_onnxruntime(
     assert x.dtype == np.float32
     assert x.shape == (450, 64)
     assert y.dtype == np.int64
-    assert 0.0 <= x.min() and x.max() <= 16.0  # raw pixels: the scaling is inside the graph
+    assert x.min() >= 0.0 and x.max() <= 16.0  # raw pixels: the scaling is inside the graph
     assert np.bincount(y).min() >= 40  # stratified: every class held out
 
     out = _predict(report.model_path, x)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -115,7 +116,7 @@ def test_non_onnx_sources_are_refused(tmp_path: Path, two_in_two_out: Path) -> N
     assert is_onnx(two_in_two_out)
     for path in (text, pickled, truncated, tmp_path / "absent.onnx"):
         assert not is_onnx(path)
-        with pytest.raises(InvalidArgumentError, match=f"{path} is not a loadable ONNX model"):
+        with pytest.raises(InvalidArgumentError, match=re.escape(f"{path} is not a loadable ONNX model")):
             read_signature(path)
     with pytest.raises(InvalidArgumentError, match="the ONNX model is not a loadable ONNX model"):
         read_signature(b"garbage")

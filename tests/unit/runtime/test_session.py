@@ -115,7 +115,7 @@ def test_bad_inputs_become_invalid_argument(iris_model: Path, iris: tuple[np.nda
     x, _ = iris
     with pytest.raises(InvalidArgumentError, match="invalid dimensions"):
         session.run({"input": x[:, :3]}, ["label"])
-    with pytest.raises(InvalidArgumentError, match="[Ii]nvalid rank"):
+    with pytest.raises(InvalidArgumentError, match=r"[Ii]nvalid rank"):
         session.run({"input": x[0]}, ["label"])
     with pytest.raises(InvalidArgumentError, match="dtype float64"):
         session.run({"input": x.astype(np.float64)}, ["label"])
