@@ -17,7 +17,7 @@ from rich.table import Table
 
 from sloserve import __version__
 from sloserve.app import Server, serve
-from sloserve.control.demo import DEMO_MODEL, ensure_demo_repository
+from sloserve.control.demo import DEMO_MODEL, demo_repository_root, ensure_demo_repository
 from sloserve.errors import SloserveError
 from sloserve.registry.repository import ModelRepository
 from sloserve.settings import OPTIONS, Settings, default_home, load_settings
@@ -119,15 +119,9 @@ def _home() -> Path:
     return default_home(os.environ)
 
 
-def _resolve_repository(flag: str | None, *, build_demo: bool) -> Path:
-    settings = load_settings({"repository": flag})
-    if settings.repository is not None:
-        if not settings.repository.is_dir():
-            raise SloserveError(f"repository folder {settings.repository} does not exist")
-        return settings.repository
-    if build_demo:
-        return _ensure_demo()
-    return _home() / "repository"
+def _repository_root(flag: str | None) -> Path:
+    """--repository, else $SLOSERVE_REPOSITORY, else the demo repository under the sloserve home."""
+    return load_settings({"repository": flag}).repository or demo_repository_root(_home())
 
 
 def _ensure_demo() -> Path:
@@ -191,7 +185,7 @@ def _cmd_serve(args: argparse.Namespace, demo: bool) -> int:
 
 
 def _cmd_add(args: argparse.Namespace) -> int:
-    root = _resolve_repository(args.repository, build_demo=False)
+    root = _repository_root(args.repository)
     root.mkdir(parents=True, exist_ok=True)
     repository = ModelRepository(root)
     with console.status(f"Adding {args.path} as {args.name}…"):
@@ -216,7 +210,7 @@ def _print_models(repository: ModelRepository, only: str | None = None) -> None:
         if only is not None and entry.name != only:
             continue
         if entry.state != "ok":
-            table.add_row(entry.name, ", ".join(entry.versions), "", "", "", "", f"[red]{entry.state}")
+            table.add_row(entry.name, ", ".join(entry.versions), "", "", "", "", f"[red]{entry.reason}")
             continue
         config = repository.read_config(entry.name)
 
@@ -236,7 +230,7 @@ def _print_models(repository: ModelRepository, only: str | None = None) -> None:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    root = _resolve_repository(args.repository, build_demo=False)
+    root = _repository_root(args.repository)
     if not root.is_dir():
         console.print(f"No repository at {root} yet: run `sloserve demo` or `sloserve add`.")
         return 0

@@ -17,6 +17,8 @@ import pytest
 import tritonclient.http as httpclient
 from sklearn.datasets import load_wine
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 
 def run(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -41,7 +43,7 @@ def test_help_documents_every_setting(tmp_path: Path) -> None:
 def test_add_sklearn_then_list_then_refuse_junk(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     x, y = load_wine(return_X_y=True)
-    model = LogisticRegression(max_iter=2000).fit(x, y)
+    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y)
     pkl = tmp_path / "wine.pkl"
     pkl.write_bytes(pickle.dumps(model))
     added = run("add", str(pkl), "--name", "wine", "--repository", str(repo), home=tmp_path)

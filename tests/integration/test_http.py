@@ -136,8 +136,10 @@ def test_repository_index_load_and_unload(
         assert not client.is_model_ready("echo")
         index = {m["name"]: m for m in client.get_model_repository_index()}
         assert index["echo"]["state"] == "UNAVAILABLE"
+        unloaded = httpclient.InferInput("in_fp32", [1, 3], "FP32")
+        unloaded.set_data_from_numpy(np.zeros((1, 3), dtype=np.float32))
         with pytest.raises(InferenceServerException) as info:
-            client.infer("echo", [httpclient.InferInput("in_fp32", [1, 3], "FP32")])
+            client.infer("echo", [unloaded])
         assert info.value.status() == "503"
         assert client.infer("digits", [digits_input(digits_x[:1], True)]).as_numpy("label") is not None
     finally:

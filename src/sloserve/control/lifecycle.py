@@ -54,7 +54,7 @@ class ModelLifecycle:
             elif name in self._failed:
                 statuses.append(self._failed[name])
             else:
-                reason = "not loaded" if entry.state == "ok" else entry.state
+                reason = "not loaded" if entry.state == "ok" else entry.reason
                 statuses.append(ModelStatus(name, ModelState.UNAVAILABLE, versions, reason))
         return statuses
 

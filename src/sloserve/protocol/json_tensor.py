@@ -53,8 +53,14 @@ def array_from_json(data: Any, datatype: str, shape: tuple[int, ...], label: str
     target = numpy_dtype(datatype)
     if inferred.size:
         if inferred.dtype.kind not in _ACCEPTED_KINDS[datatype]:
-            _raise_bad_element(data, datatype, label)
-        if inferred.dtype != target and target.kind in "iu":
+            _check_elements(data, datatype, label)
+            # Every element fits, but numpy inferred no common type for them (e.g. 0 and
+            # 2**63 become float64, losing precision): convert to the target directly.
+            try:
+                inferred = np.asarray(data, dtype=target)
+            except _CONVERSION_ERRORS as exc:
+                raise InvalidArgumentError(f"{label}: data does not fit {datatype}: {exc}") from None
+        elif inferred.dtype != target and target.kind in "iu":
             _check_integer_range(inferred, data, datatype, label)
     _check_count(inferred.size, shape, label)
     return inferred.astype(target, copy=False).reshape(shape)
@@ -91,10 +97,10 @@ def _check_integer_range(inferred: np.ndarray[Any, Any], data: Any, datatype: st
     low, high = INTEGER_RANGES[datatype]
     if low <= inferred.min() and inferred.max() <= high:
         return
-    _raise_out_of_range(data, datatype, label)
+    _check_range(data, datatype, label)
 
 
-def _raise_out_of_range(data: Any, datatype: str, label: str) -> None:
+def _check_range(data: Any, datatype: str, label: str) -> None:
     low, high = INTEGER_RANGES[datatype]
     for value in _leaves(data):
         if not low <= value <= high:
@@ -125,8 +131,8 @@ def _leaves(data: Any) -> Iterator[Any]:
         yield data
 
 
-def _raise_bad_element(data: Any, datatype: str, label: str) -> None:
-    """Name the first element of ``data`` that does not fit ``datatype``."""
+def _check_elements(data: Any, datatype: str, label: str) -> None:
+    """Walk ``data`` and name the first element that does not fit ``datatype``, if any."""
     integers = numpy_dtype(datatype).kind in "iu"
     for value in _leaves(data):
         if datatype == "BOOL":
@@ -138,9 +144,8 @@ def _raise_bad_element(data: Any, datatype: str, label: str) -> None:
             raise InvalidArgumentError(f"{label}: {problem}")
         elif integers and isinstance(value, float):
             raise InvalidArgumentError(f"{label}: {datatype} data must be integers, got {value!r}")
-    if integers:  # all integers, but no common numpy type holds them: some are out of range
-        _raise_out_of_range(data, datatype, label)
-    raise InvalidArgumentError(f"{label}: data does not fit {datatype}")
+    if integers:
+        _check_range(data, datatype, label)
 
 
 def _short(value: object) -> str:
