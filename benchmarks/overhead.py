@@ -144,7 +144,7 @@ def run_wrk(url: str, body: bytes, headers: dict[str, str], concurrency: int, se
             "BODY_HEADERS": "|".join(f"{k}={v}" for k, v in headers.items()),
         }
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+            ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script), url],
             capture_output=True,
             text=True,
             env=env,

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import uvloop
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
@@ -179,7 +180,8 @@ def _cmd_serve(args: argparse.Namespace, demo: bool) -> int:
     if settings.repository is not None and not repository.is_dir():
         raise SloserveError(f"repository folder {repository} does not exist")
     console.print(f"Loading models from [bold]{repository}[/] …")
-    asyncio.run(serve(settings, repository, on_ready=lambda server: _print_ready(server, demo)))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(settings, repository, on_ready=lambda server: _print_ready(server, demo)))
     console.print("sloserve stopped.")
     return 0
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import uvloop
 import onnx
 from onnx import TensorProto, helper
 
@@ -26,7 +27,7 @@ class ServerThread:
         defaults: dict[str, Any] = {"http_port": 0, "grpc_port": 0, "metrics_port": 0, "shutdown_grace_s": 5.0}
         defaults.update(settings)
         self.settings = Settings(repository=repository, **defaults)
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()  # as `sloserve serve` runs
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.server: Server | None = None
 

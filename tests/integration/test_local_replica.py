@@ -55,6 +55,30 @@ def build_linear_model(path: Path) -> Path:
     return path
 
 
+def build_wide_model(path: Path) -> Path:
+    """W = concat(X, X, X) with an undeclared width (FP32 [-1, ?]), T = S (BYTES [-1])."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Concat", ["X", "X", "X"], ["W"], axis=1),
+            helper.make_node("Identity", ["S"], ["T"]),
+        ],
+        "wide",
+        [
+            helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 8]),
+            helper.make_tensor_value_info("S", TensorProto.STRING, ["N"]),
+        ],
+        [
+            helper.make_tensor_value_info("W", TensorProto.FLOAT, ["N", "K"]),
+            helper.make_tensor_value_info("T", TensorProto.STRING, ["N"]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
 def reference(path: Path, x: Array) -> dict[str, Array]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return dict(zip(OUTPUTS, session.run(list(OUTPUTS), {"X": x}), strict=True))
@@ -124,9 +148,24 @@ async def test_output_subset_and_all_outputs(replica: LocalReplica, model: Path)
     assert_matches(await replica.run({"X": x}, []), want)  # no names: every output
 
 
-async def test_pipelined_concurrent_runs_each_get_their_own_answer(
-    replica: LocalReplica, model: Path
-) -> None:
+async def test_outputs_of_unknown_size_and_bytes_tensors(tmp_path: Path) -> None:
+    # The slots are sized from the declared shapes; W's width is unknown, so a big
+    # batch's outputs first overflow the slot (sent inline), then the slot grows.
+    r = new_replica(build_wide_model(tmp_path / "wide.onnx"), "wide")
+    await r.start()
+    try:
+        for rows in (3, 2000, 2000, 5000):
+            x = batch(rows, seed=rows)
+            s = np.array([f"row {i} \u00e9".encode() for i in range(rows)], dtype=object)
+            got = await r.run({"X": x, "S": s}, ["W", "T"])
+            np.testing.assert_array_equal(got["W"], np.concatenate([x, x, x], axis=1))
+            assert got["T"].dtype == object
+            assert list(got["T"]) == list(s)
+    finally:
+        await r.stop()
+
+
+async def test_pipelined_concurrent_runs_each_get_their_own_answer(replica: LocalReplica, model: Path) -> None:
     inputs = [batch(rows, seed=100 + i) for i, rows in enumerate((1, 3, 16, 2, 9, 40, 5, 12))]
     tasks = [asyncio.create_task(replica.run({"X": x}, OUTPUTS)) for x in inputs]
     await asyncio.sleep(0)
@@ -137,9 +176,7 @@ async def test_pipelined_concurrent_runs_each_get_their_own_answer(
     assert replica.outstanding == 0
 
 
-async def test_model_errors_come_back_as_codes_and_the_worker_keeps_serving(
-    replica: LocalReplica, model: Path
-) -> None:
+async def test_model_errors_come_back_as_codes_and_the_worker_keeps_serving(replica: LocalReplica, model: Path) -> None:
     pid = replica.pid
     with pytest.raises(InvalidArgumentError, match="missing \\['X'\\]"):
         await replica.run({"wrong": batch(2, seed=0)}, OUTPUTS)

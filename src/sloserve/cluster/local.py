@@ -27,7 +27,9 @@ import enum
 import itertools
 import logging
 import multiprocessing
+import select
 import signal
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -230,11 +232,13 @@ class _Worker:
     # ------------------------------------------------------------ events
 
     def _on_readable(self) -> None:
+        """One message per call: the selector calls again while more are waiting
+        (``Connection.poll`` would cost a new selector, ~10 µs, per message)."""
         try:
-            while not self._closed and self._conn.poll():
-                self._dispatch(shm.decode(self._conn.recv_bytes()))
+            self._dispatch(shm.decode(self._conn.recv_bytes()))
         except (EOFError, OSError):
-            self._die("its pipe closed")
+            code = self._exitcode_soon()
+            self._die("its pipe closed" if code is None else _describe_exit(code))
         except SloserveError as exc:
             log.error("replica %s: %s; killing worker pid %s", self._replica_id, exc.message, self.pid)
             self._die("it sent a malformed message")
@@ -242,9 +246,19 @@ class _Worker:
     def _on_exit(self) -> None:
         self._loop.remove_reader(self.proc.sentinel)
         if not self._closed:
-            self._on_readable()  # take what it said before it went (a LoadFailed, replies)
-        self._die(_describe_exit(self.proc.exitcode))
+            # Take what it said before it went (a LoadFailed, replies), up to the EOF.
+            while not self._closed and select.select([self._conn.fileno()], [], [], 0)[0]:
+                self._on_readable()
+        self._die(_describe_exit(self._exitcode_soon()))
         self._exited_now()
+
+    def _exitcode_soon(self) -> int | None:
+        """The sentinel fires while the process tears down, a moment before it can be
+        waited for; wait at most 2 ms (only when a worker dies) to say how it died."""
+        deadline = time.monotonic() + 0.002
+        while (code := self.proc.exitcode) is None and time.monotonic() < deadline:
+            time.sleep(0.0001)
+        return code
 
     def _exited_now(self) -> None:
         if not self._exited.done():

@@ -180,18 +180,20 @@ def pack(tensors: Iterable[tuple[str, Any]], start: int = 0) -> Packed:
     data: list[Array | bytes] = []
     offset = align(start)
     for name, value in tensors:
-        try:
-            array = np.asarray(value)
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgumentError(f"tensor {name!r} is not an array: {exc}") from None
-        shape = tuple(int(d) for d in array.shape)
+        if type(value) is np.ndarray:
+            array: Array = value
+        else:
+            try:
+                array = np.asarray(value)
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgumentError(f"tensor {name!r} is not an array: {exc}") from None
         if array.dtype.hasobject:
             payload = pickle.dumps(array, protocol=_PROTOCOL)
-            refs.append(TensorRef(name, PICKLED, shape, offset, len(payload)))
+            refs.append(TensorRef(name, PICKLED, array.shape, offset, len(payload)))
             data.append(payload)
             offset = align(offset + len(payload))
         else:
-            refs.append(TensorRef(name, array.dtype.str, shape, offset, array.nbytes))
+            refs.append(TensorRef(name, array.dtype.str, array.shape, offset, array.nbytes))
             data.append(array)
             offset = align(offset + array.nbytes)
     return Packed(tuple(refs), offset, tuple(data))
@@ -204,7 +206,11 @@ def write(buf: memoryview, packed: Packed) -> None:
     for ref, item in zip(packed.refs, packed.data, strict=True):
         if isinstance(item, bytes):
             buf[ref.offset : ref.offset + ref.nbytes] = item
-        elif ref.nbytes:
+        elif not ref.nbytes:
+            continue
+        elif item.flags.c_contiguous:
+            buf[ref.offset : ref.offset + ref.nbytes] = memoryview(item).cast("B")  # type: ignore[arg-type]
+        else:
             target: Array = np.ndarray(ref.shape, item.dtype, buffer=buf, offset=ref.offset)
             np.copyto(target, item, casting="no")
 
@@ -228,12 +234,24 @@ def read(buf: memoryview, refs: Iterable[TensorRef], *, copy: bool, inline: Sequ
         if ref.dtype == PICKLED:
             with buf[ref.offset : ref.offset + ref.nbytes] as raw:
                 out[ref.name] = pickle.loads(raw)
-        elif ref.nbytes == 0:
-            out[ref.name] = np.empty(ref.shape, np.dtype(ref.dtype))
         else:
-            view: Array = np.ndarray(ref.shape, np.dtype(ref.dtype), buffer=buf, offset=ref.offset)
+            dtype = _dtype(ref.dtype)
+            if ref.nbytes == 0:
+                out[ref.name] = np.empty(ref.shape, dtype)
+                continue
+            view = np.frombuffer(buf, dtype, ref.nbytes // dtype.itemsize, ref.offset).reshape(ref.shape)
             out[ref.name] = view.copy() if copy else view
     return out
+
+
+_DTYPES: dict[str, np.dtype[Any]] = {}
+
+
+def _dtype(text: str) -> np.dtype[Any]:
+    dtype = _DTYPES.get(text)
+    if dtype is None:
+        dtype = _DTYPES[text] = np.dtype(text)
+    return dtype
 
 
 def batch_rows(refs: Sequence[TensorRef]) -> int:

@@ -48,7 +48,7 @@ def array_from_json(data: Any, datatype: str, shape: tuple[int, ...], label: str
         inferred = np.asarray(data)
     except _CONVERSION_ERRORS:
         raise InvalidArgumentError(
-            f"{label}: data must be a flat or evenly nested list of numbers; got a ragged nested list"
+            f"{label}: data must be a flat list or an evenly nested list (rows of equal length, at most 64 levels deep)"
         ) from None
     target = numpy_dtype(datatype)
     if inferred.size:
@@ -112,7 +112,10 @@ def _bytes_from_json(data: Any, shape: tuple[int, ...], label: str) -> np.ndarra
         data = [data]
     if not isinstance(data, list):
         raise InvalidArgumentError(f"{label}: BYTES data must be a list of strings, got {_kind(data)}")
-    items = list(_leaves(data))
+    try:
+        items = list(_leaves(data))
+    except RecursionError:
+        raise InvalidArgumentError(f"{label}: BYTES data is nested too deeply") from None
     for item in items:
         if not isinstance(item, str):
             raise InvalidArgumentError(f"{label}: BYTES data must be strings, got {_kind(item)} {_short(item)}")
