@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import uvloop
 import onnx
+import uvloop
 from onnx import TensorProto, helper
 
 from sloserve.app import Server

@@ -36,13 +36,13 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sloserve.clock import Clock, SystemClock
 from sloserve.cluster import shm, worker
-from sloserve.cluster.base import Arrays
+from sloserve.cluster.base import Arrays, Replica
 from sloserve.errors import (
     InternalError,
     InvalidArgumentError,
@@ -148,12 +148,13 @@ class _Worker:
 
     async def _shutdown(self, timeout_s: float) -> None:
         self._on_death = _ignore_death
+        if not self._closed:
+            with contextlib.suppress(OSError, ValueError):
+                self._conn.send_bytes(shm.encode(shm.Shutdown()))
         self._close(UnavailableError, "was stopped")
         if self._exited.done() or self.proc.exitcode is not None:
             self._exited_now()
         else:
-            with contextlib.suppress(OSError, ValueError):
-                self._conn.send_bytes(shm.encode(shm.Shutdown()))
             for escalate in (self.proc.terminate, self.proc.kill):
                 if await self._wait_exited(timeout_s):
                     break
@@ -529,3 +530,9 @@ def _kill_quietly(proc: BaseProcess) -> None:
     """Kill a worker no _Worker watches; multiprocessing reaps it on its next start or at exit."""
     with contextlib.suppress(Exception):
         proc.kill()
+
+
+if TYPE_CHECKING:
+
+    def _is_a_replica(replica: LocalReplica) -> Replica:
+        return replica

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sloserve.errors import InvalidArgumentError
 from sloserve.protocol.generated import inference_pb2 as pb
@@ -233,3 +235,39 @@ def test_duplicate_input_names() -> None:
     msg.inputs.append(msg.inputs[0])
 
     expect_error("same input more than once", msg)
+
+
+# ------------------------------------------------------------------------ fuzz
+
+CONTENT_VALUES = {
+    "bool_contents": st.lists(st.booleans(), max_size=4),
+    "int_contents": st.lists(st.integers(-(2**31), 2**31 - 1), max_size=4),
+    "int64_contents": st.lists(st.integers(-(2**63), 2**63 - 1), max_size=4),
+    "uint_contents": st.lists(st.integers(0, 2**32 - 1), max_size=4),
+    "fp32_contents": st.lists(st.floats(width=32), max_size=4),
+    "bytes_contents": st.lists(st.binary(max_size=3), max_size=4),
+}
+FUZZ_INPUT = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["", "x", "y"]),
+        "datatype": st.sampled_from(["FP32", "INT8", "UINT16", "UINT64", "BOOL", "BYTES", "FP16", "F32"]),
+        "shape": st.lists(st.integers(-1, 3), max_size=3),
+        "contents": st.fixed_dictionaries({}, optional=CONTENT_VALUES),
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(inputs=st.lists(FUZZ_INPUT, max_size=3), raw=st.lists(st.binary(max_size=20), max_size=3))
+def test_arbitrary_messages_raise_only_invalid_argument(inputs: list[dict[str, Any]], raw: list[bytes]) -> None:
+    msg = pb.ModelInferRequest(model_name="m", raw_input_contents=raw)
+    for spec in inputs:
+        entry = msg.inputs.add(name=spec["name"], datatype=spec["datatype"], shape=spec["shape"])
+        for field, values in spec["contents"].items():
+            getattr(entry.contents, field).extend(values)
+    try:
+        request = request_from_proto(pb.ModelInferRequest.FromString(msg.SerializeToString()))
+    except InvalidArgumentError:
+        return
+    for tensor in request.inputs:
+        assert tensor.data.shape == tensor.shape

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from sloserve.metrics import ServingMetrics
+
+
+def test_two_instances_in_one_process_do_not_collide() -> None:
+    a, b = ServingMetrics(), ServingMetrics()
+    a.request_started("m")
+    a.request_succeeded("m", rows=3, total_s=0.002, queue_s=0.001)
+    a.batch_executed("m", rows=3, compute_s=0.001)
+    text_a, text_b = a.exposition().decode(), b.exposition().decode()
+    assert 'sloserve_request_success_total{model="m"} 1.0' in text_a
+    assert 'sloserve_inference_count_total{model="m"} 3.0' in text_a
+    assert 'sloserve_pending_requests{model="m"} 0.0' in text_a
+    assert 'model="m"' not in text_b
+
+
+def test_failures_and_rejections_are_counted_by_reason() -> None:
+    m = ServingMetrics()
+    m.request_started("m")
+    m.request_failed("m", "unavailable", 0.01)
+    m.request_rejected("m", "resource_exhausted")
+    text = m.exposition().decode()
+    assert 'sloserve_request_failure_total{model="m",reason="unavailable"} 1.0' in text
+    assert 'sloserve_request_failure_total{model="m",reason="resource_exhausted"} 1.0' in text
