@@ -239,7 +239,7 @@ def test_duplicate_input_names() -> None:
 
 # ------------------------------------------------------------------------ fuzz
 
-CONTENT_VALUES = {
+CONTENT_VALUES: dict[Any, st.SearchStrategy[Any]] = {
     "bool_contents": st.lists(st.booleans(), max_size=4),
     "int_contents": st.lists(st.integers(-(2**31), 2**31 - 1), max_size=4),
     "int64_contents": st.lists(st.integers(-(2**63), 2**63 - 1), max_size=4),
