@@ -12,3 +12,6 @@ VersionId = NewType("VersionId", str)
 
 ReplicaId = NewType("ReplicaId", str)
 """Identifies one replica (worker process or actor) of a model."""
+
+VariantId = NewType("VariantId", str)
+"""A variant of a model (``fp32``, ``int8-dynamic``, ...); on the wire it is the model version."""

@@ -22,7 +22,9 @@ from sloserve.cluster.local import LocalReplica
 from sloserve.errors import InvalidArgumentError, NotFoundError, ReplicaDiedError, UnavailableError
 from sloserve.types import ReplicaId
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = pytest.mark.integration
+# Async tests share the module fixture's event loop (its worker is watched from that loop).
+shared_loop = pytest.mark.asyncio(loop_scope="module")
 
 Array = np.ndarray[Any, Any]
 OUTPUTS = ("Y", "Z")
@@ -124,6 +126,7 @@ def new_replica(model: Path, name: str, **kwargs: Any) -> LocalReplica:
     return LocalReplica(ReplicaId(name), model, max_batch_rows=MAX_BATCH_ROWS, capacity=2, **kwargs)
 
 
+@shared_loop
 async def test_results_equal_onnxruntime_for_several_batch_sizes(replica: LocalReplica, model: Path) -> None:
     assert replica.healthy and replica.pid is not None
     results = []
@@ -139,6 +142,7 @@ async def test_results_equal_onnxruntime_for_several_batch_sizes(replica: LocalR
     assert replica.outstanding == 0
 
 
+@shared_loop
 async def test_output_subset_and_all_outputs(replica: LocalReplica, model: Path) -> None:
     x = batch(5, seed=1)
     want = reference(model, x)
@@ -148,6 +152,7 @@ async def test_output_subset_and_all_outputs(replica: LocalReplica, model: Path)
     assert_matches(await replica.run({"X": x}, []), want)  # no names: every output
 
 
+@shared_loop
 async def test_outputs_of_unknown_size_and_bytes_tensors(tmp_path: Path) -> None:
     # The slots are sized from the declared shapes; W's width is unknown, so a big
     # batch's outputs first overflow the slot (sent inline), then the slot grows.
@@ -165,6 +170,7 @@ async def test_outputs_of_unknown_size_and_bytes_tensors(tmp_path: Path) -> None
         await r.stop()
 
 
+@shared_loop
 async def test_pipelined_concurrent_runs_each_get_their_own_answer(replica: LocalReplica, model: Path) -> None:
     inputs = [batch(rows, seed=100 + i) for i, rows in enumerate((1, 3, 16, 2, 9, 40, 5, 12))]
     tasks = [asyncio.create_task(replica.run({"X": x}, OUTPUTS)) for x in inputs]
@@ -176,6 +182,32 @@ async def test_pipelined_concurrent_runs_each_get_their_own_answer(replica: Loca
     assert replica.outstanding == 0
 
 
+@shared_loop
+async def test_cancelled_callers_do_not_leak_slots(replica: LocalReplica, model: Path) -> None:
+    pid = replica.pid
+    assert pid is not None
+    inputs = [batch(2, seed=200 + i) for i in range(4)]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        tasks = [asyncio.create_task(replica.run({"X": x}, OUTPUTS)) for x in inputs]
+        await wait_until(lambda: replica.outstanding == 2)  # two sent, two waiting for a slot
+        tasks[0].cancel()  # sent: its slot stays taken until the worker answers
+        tasks[2].cancel()  # waiting: gives up its place
+        await asyncio.sleep(0.05)
+        assert replica.outstanding == 2
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    for i in (1, 3):
+        assert_matches(await tasks[i], reference(model, inputs[i]))
+    for i in (0, 2):
+        assert tasks[i].cancelled()
+    await wait_until(lambda: replica.outstanding == 0)
+    results = await asyncio.gather(*(replica.run({"X": x}, OUTPUTS) for x in inputs))
+    for x, got in zip(inputs, results, strict=True):
+        assert_matches(got, reference(model, x))
+
+
+@shared_loop
 async def test_model_errors_come_back_as_codes_and_the_worker_keeps_serving(replica: LocalReplica, model: Path) -> None:
     pid = replica.pid
     with pytest.raises(InvalidArgumentError, match="missing \\['X'\\]"):
@@ -191,6 +223,7 @@ async def test_model_errors_come_back_as_codes_and_the_worker_keeps_serving(repl
     assert replica.pid == pid and replica.healthy and replica.restarts == 0
 
 
+@shared_loop
 async def test_worker_ignores_sigint(replica: LocalReplica, model: Path) -> None:
     pid = replica.pid
     assert pid is not None
@@ -201,6 +234,7 @@ async def test_worker_ignores_sigint(replica: LocalReplica, model: Path) -> None
     assert replica.pid == pid and replica.restarts == 0
 
 
+@shared_loop
 async def test_killed_worker_fails_in_flight_batches_and_restarts(model: Path) -> None:
     r = new_replica(model, "killed", restart_backoff_s=0.05)
     await r.start()
@@ -231,6 +265,27 @@ async def test_killed_worker_fails_in_flight_batches_and_restarts(model: Path) -
         await r.stop()
 
 
+@shared_loop
+async def test_restarts_are_bounded(model: Path, tmp_path: Path) -> None:
+    path = tmp_path / "vanishing.onnx"
+    path.write_bytes(model.read_bytes())
+    r = new_replica(path, "vanishing", max_restart_attempts=2, restart_backoff_s=0.01)
+    await r.start()
+    try:
+        path.unlink()  # every restart now fails to load the model
+        pid = r.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await wait_until(lambda: r.state == "failed")
+        assert r.restarts == 2 and not r.healthy and r.pid is None
+        with pytest.raises(UnavailableError, match="failed"):
+            await r.run({"X": batch(1, seed=0)}, OUTPUTS)
+    finally:
+        await r.stop()
+    assert r.state == "stopped"
+
+
+@shared_loop
 async def test_garbage_model_fails_start_quickly(tmp_path: Path) -> None:
     path = tmp_path / "garbage.onnx"
     path.write_bytes(b"this is not an ONNX model")
@@ -245,6 +300,7 @@ async def test_garbage_model_fails_start_quickly(tmp_path: Path) -> None:
     await r.stop()
 
 
+@shared_loop
 async def test_stop_fails_in_flight_work_and_leaves_no_segments(model: Path) -> None:
     before = our_segments()
     r = new_replica(model, "stopped", stop_timeout_s=0.3)
@@ -268,3 +324,31 @@ async def test_stop_fails_in_flight_work_and_leaves_no_segments(model: Path) -> 
     await r.stop()  # idempotent
     with pytest.raises(UnavailableError):
         await r.run({"X": batch(1, seed=0)}, OUTPUTS)
+
+
+def test_on_uvloop_the_server_loop(model: Path) -> None:
+    # The server runs on uvloop: add_reader on the pipe and the sentinel must work there too.
+    import uvloop
+
+    async def scenario() -> None:
+        before = our_segments()
+        r = new_replica(model, "uvloop", restart_backoff_s=0.01)
+        await r.start()
+        try:
+            x = batch(5, seed=5)
+            assert_matches(await r.run({"X": x}, OUTPUTS), reference(model, x))
+            pid = r.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            task = asyncio.create_task(r.run({"X": x}, OUTPUTS))
+            await wait_until(lambda: r.outstanding == 1)
+            os.kill(pid, signal.SIGKILL)
+            with pytest.raises(ReplicaDiedError):
+                await task
+            await wait_until(lambda: r.healthy)
+            assert_matches(await r.run({"X": x}, OUTPUTS), reference(model, x))
+        finally:
+            await r.stop()
+        assert our_segments() == before
+
+    uvloop.run(scenario())

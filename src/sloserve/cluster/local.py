@@ -42,7 +42,6 @@ import numpy as np
 
 from sloserve.clock import Clock, SystemClock
 from sloserve.cluster import shm, worker
-from sloserve.cluster.base import Arrays, Replica
 from sloserve.errors import (
     InternalError,
     InvalidArgumentError,
@@ -51,6 +50,7 @@ from sloserve.errors import (
     UnavailableError,
     error_from_code,
 )
+from sloserve.replica import Arrays, Replica
 from sloserve.types import ReplicaId
 
 log = logging.getLogger(__name__)
@@ -135,9 +135,6 @@ class _Worker:
     @property
     def alive(self) -> bool:
         return not self._closed
-
-    def segment_names(self) -> list[str]:
-        return self._slots.names() if self._slots is not None else []
 
     async def shutdown(self, timeout_s: float) -> None:
         """Fail work in flight with UnavailableError, ask the worker to exit, then
@@ -420,6 +417,11 @@ class LocalReplica:
     def pid(self) -> int | None:
         """The current worker's process id (None when there is none)."""
         return self._worker.pid if self._worker is not None and self._worker.alive else None
+
+    @property
+    def state(self) -> str:
+        """new, starting, ready, restarting, failed (gave up restarting) or stopped."""
+        return self._state.value
 
     @property
     def restarts(self) -> int:

@@ -1,0 +1,1 @@
+"""Profiling: latency curves, throughput, accuracy, memory, cost and graph statistics per variant."""

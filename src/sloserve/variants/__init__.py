@@ -1,0 +1,1 @@
+"""Variant recipes: ONNX graph transforms that make faster or smaller versions of a model."""
