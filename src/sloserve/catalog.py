@@ -1,8 +1,12 @@
 """What the control plane publishes and the data plane reads.
 
 A :class:`CatalogSnapshot` is immutable: the control plane builds a new one for
-every change (load, unload, replica set change) and hands it to subscribers; the
+every change (load, unload, a version started) and hands it to subscribers; the
 request path reads the latest one and never takes a lock on control state.
+
+A loaded model lists every version it can serve (for registered models, every
+ready variant) and runs replicas for some of them: the default version at load,
+others when first asked for (a pinned request waits for that cold start).
 """
 
 from __future__ import annotations
@@ -25,12 +29,21 @@ class ModelState(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class LoadedModel:
-    """A model that can serve: its config, the version served and its replicas."""
+class RunningVersion:
+    """One version with live replicas."""
 
-    config: ModelConfig
     version: VersionId
     replicas: tuple[Replica, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A model that can serve: its config, its versions and those that are running."""
+
+    config: ModelConfig
+    versions: tuple[VersionId, ...]
+    default: VersionId
+    running: Mapping[VersionId, RunningVersion]
 
     @property
     def name(self) -> ModelName:

@@ -122,6 +122,20 @@ async def replica(model: Path) -> AsyncIterator[LocalReplica]:
     await r.stop()
 
 
+@pytest.fixture
+def model_copy(model: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "copy.onnx"
+    path.write_bytes(model.read_bytes())
+    return path
+
+
+@pytest.fixture
+def garbage_model(tmp_path: Path) -> Path:
+    path = tmp_path / "garbage.onnx"
+    path.write_bytes(b"this is not an ONNX model")
+    return path
+
+
 def new_replica(model: Path, name: str, **kwargs: Any) -> LocalReplica:
     return LocalReplica(ReplicaId(name), model, max_batch_rows=MAX_BATCH_ROWS, capacity=2, **kwargs)
 
@@ -266,9 +280,8 @@ async def test_killed_worker_fails_in_flight_batches_and_restarts(model: Path) -
 
 
 @shared_loop
-async def test_restarts_are_bounded(model: Path, tmp_path: Path) -> None:
-    path = tmp_path / "vanishing.onnx"
-    path.write_bytes(model.read_bytes())
+async def test_restarts_are_bounded(model_copy: Path) -> None:
+    path = model_copy
     r = new_replica(path, "vanishing", max_restart_attempts=2, restart_backoff_s=0.01)
     await r.start()
     try:
@@ -286,9 +299,8 @@ async def test_restarts_are_bounded(model: Path, tmp_path: Path) -> None:
 
 
 @shared_loop
-async def test_garbage_model_fails_start_quickly(tmp_path: Path) -> None:
-    path = tmp_path / "garbage.onnx"
-    path.write_bytes(b"this is not an ONNX model")
+async def test_garbage_model_fails_start_quickly(garbage_model: Path) -> None:
+    path = garbage_model
     before = our_segments()
     r = new_replica(path, "garbage")
     started = time.monotonic()

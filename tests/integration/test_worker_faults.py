@@ -40,7 +40,8 @@ def faulty_server(request: pytest.FixtureRequest, repository: Path, tmp_path: Pa
 
 def replicas(server: ServerThread) -> tuple[Any, ...]:
     assert server.server is not None
-    return server.server.lifecycle.loaded["digits"].replicas  # type: ignore[index]
+    loaded = server.server.lifecycle.loaded["digits"]  # type: ignore[index]
+    return loaded.running[loaded.default].replicas
 
 
 def test_sigkill_under_load_loses_nothing(

@@ -4,22 +4,23 @@ HTTP and gRPC transports decode their wire format, call a method here and encode
 the result; errors are :mod:`sloserve.errors` exceptions that each transport
 maps in one place. Loaded models arrive as :class:`CatalogSnapshot` values
 published by the control plane (:meth:`DataPlane.apply_catalog`); the request
-path only reads ``self._hosts``.
+path only reads ``self._models``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sloserve import __version__
-from sloserve.catalog import CatalogSnapshot, ModelState, ModelStatus
+from sloserve.catalog import CatalogSnapshot, LoadedModel, ModelState, ModelStatus
 from sloserve.clock import Clock
-from sloserve.dataplane.host import ModelHost
+from sloserve.dataplane.host import VersionHost
 from sloserve.dataplane.validation import check_request
 from sloserve.errors import NotFoundError, ResourceExhaustedError, SloserveError, UnavailableError
 from sloserve.metrics import ServingMetrics
 from sloserve.protocol.types import InferRequest, InferResponse, Tensor
-from sloserve.types import ModelName
+from sloserve.types import ModelName, VersionId
 
 SERVER_NAME = "sloserve"
 EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics")
@@ -34,12 +35,22 @@ class RepositoryControl(Protocol):
 
     async def unload(self, name: str) -> None: ...
 
+    async def ensure_running(self, name: str, version: str) -> None: ...
+
+    def variants(self, name: str) -> list[dict[str, Any]]: ...
+
+
+@dataclass(slots=True)
+class _ModelView:
+    loaded: LoadedModel
+    hosts: dict[VersionId, VersionHost]
+
 
 class DataPlane:
     def __init__(self, clock: Clock, metrics: ServingMetrics) -> None:
         self._clock = clock
         self._metrics = metrics
-        self._hosts: dict[str, ModelHost] = {}
+        self._models: dict[str, _ModelView] = {}
         self._catalog = CatalogSnapshot()
         self._control: RepositoryControl | None = None
         self._ready = False
@@ -53,20 +64,23 @@ class DataPlane:
         self._ready = ready
 
     async def apply_catalog(self, snapshot: CatalogSnapshot) -> None:
-        """Start hosts for newly loaded models; drain and drop those that went away."""
-        retired: list[ModelHost] = []
-        hosts = dict(self._hosts)
-        for name, host in self._hosts.items():
-            if snapshot.loaded.get(ModelName(name)) is not host.loaded:
-                retired.append(hosts.pop(name))
+        """Start hosts for newly running versions; drain and drop those that went away."""
+        current = {(name, v): host for name, view in self._models.items() for v, host in view.hosts.items()}
+        models: dict[str, _ModelView] = {}
         for name, loaded in snapshot.loaded.items():
-            if name not in hosts:
-                host = ModelHost(loaded, self._clock, self._metrics)
-                host.start()
-                hosts[name] = host
-        self._hosts = hosts
+            hosts: dict[VersionId, VersionHost] = {}
+            for version, running in loaded.running.items():
+                host = current.pop((name, version), None)
+                if host is None or host.running is not running:
+                    if host is not None:
+                        current[(name, version)] = host  # replaced: retire the old one below
+                    host = VersionHost(loaded.config, running, self._clock, self._metrics)
+                    host.start()
+                hosts[version] = host
+            models[name] = _ModelView(loaded, hosts)
+        self._models = models
         self._catalog = snapshot
-        for host in retired:
+        for host in current.values():
             await host.close()
 
     # -- health and metadata ----------------------------------------------------------------------
@@ -77,21 +91,38 @@ class DataPlane:
     def ready(self) -> bool:
         return self._ready
 
-    def _host(self, name: str, version: str | None = None) -> ModelHost:
-        host = self._hosts.get(name)
-        if host is None:
+    def _view(self, name: str, version: str | None) -> tuple[_ModelView, VersionId]:
+        """The loaded model and the version a request means (its default when none is given)."""
+        view = self._models.get(name)
+        if view is None:
             status = self._catalog.statuses.get(ModelName(name))
             if status is None:
                 raise NotFoundError(f"unknown model {name!r}")
             detail = f": {status.reason}" if status.reason else ""
             raise UnavailableError(f"model {name!r} is not loaded (state {status.state.value}){detail}")
-        host.check_version(version)
+        if not version:
+            return view, view.loaded.default
+        if version not in view.loaded.versions:
+            raise NotFoundError(
+                f"model {name!r} has no version {version!r}; versions: {', '.join(view.loaded.versions)}"
+            )
+        return view, VersionId(version)
+
+    async def _host(self, name: str, version: str | None) -> VersionHost:
+        view, wanted = self._view(name, version)
+        host = view.hosts.get(wanted)
+        if host is None:  # a served version that is not running yet: start it (cold start)
+            await self._require_control().ensure_running(name, wanted)
+            view, wanted = self._view(name, version)
+            host = view.hosts.get(wanted)
+            if host is None:
+                raise UnavailableError(f"version {wanted!r} of model {name!r} could not be started")
         return host
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         """True if loaded and serving; False if known but not loaded; NotFoundError otherwise."""
         try:
-            self._host(name, version)
+            self._view(name, version)
         except UnavailableError:
             return False
         return self._ready
@@ -100,11 +131,11 @@ class DataPlane:
         return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
-        host = self._host(name, version)
-        config = host.config
+        view, _ = self._view(name, version)
+        config = view.loaded.config
         return {
             "name": config.name,
-            "versions": [host.loaded.version],
+            "versions": list(view.loaded.versions),
             "platform": config.platform,
             "inputs": [t.to_dict() for t in config.inputs],
             "outputs": [t.to_dict() for t in config.outputs],
@@ -114,8 +145,8 @@ class DataPlane:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         name = request.model_name
-        host = self._host(name, request.model_version)
         started = self._clock.now()
+        host = await self._host(name, request.model_version)
         inputs, rows, output_names = check_request(request, host.config)
         try:
             waiting = host.batcher.submit(inputs, rows)
@@ -144,13 +175,24 @@ class DataPlane:
             spec = config.output(out_name)
             datatype = spec.datatype if spec is not None else "BYTES"
             outputs.append(Tensor(out_name, datatype, array.shape, array))
-        return InferResponse(model_name=name, model_version=host.loaded.version, id=request.id, outputs=outputs)
+        return InferResponse(model_name=name, model_version=host.version, id=request.id, outputs=outputs)
 
     # -- statistics and repository extensions -----------------------------------------------------
 
     def model_stats(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
-        hosts = [self._host(name, version)] if name else [self._hosts[n] for n in sorted(self._hosts)]
+        if name:
+            view, wanted = self._view(name, version)
+            if version:
+                hosts = [view.hosts[wanted]] if wanted in view.hosts else []
+            else:
+                hosts = list(view.hosts.values())
+        else:
+            hosts = [h for n in sorted(self._models) for h in self._models[n].hosts.values()]
         return {"model_stats": [h.stats.to_dict() for h in hosts]}
+
+    def variants(self, name: str) -> list[dict[str, Any]]:
+        self._view(name, None)
+        return self._require_control().variants(name)
 
     def _require_control(self) -> RepositoryControl:
         if self._control is None:

@@ -1,23 +1,23 @@
-"""One loaded model on the request path: its batcher, replicas and statistics."""
+"""One running version of a model on the request path: its batcher, replicas and statistics."""
 
 from __future__ import annotations
 
-from sloserve.catalog import LoadedModel
+from sloserve.catalog import RunningVersion
 from sloserve.clock import Clock
 from sloserve.dataplane.batcher import BatchingSpec, DynamicBatcher
 from sloserve.dataplane.replica_set import ReplicaSet
 from sloserve.dataplane.stats import ModelStats
-from sloserve.errors import NotFoundError
 from sloserve.metrics import ServingMetrics
+from sloserve.model_config import ModelConfig
 
 
-class ModelHost:
-    def __init__(self, loaded: LoadedModel, clock: Clock, metrics: ServingMetrics) -> None:
-        config = loaded.config
-        self.loaded = loaded
+class VersionHost:
+    def __init__(self, config: ModelConfig, running: RunningVersion, clock: Clock, metrics: ServingMetrics) -> None:
         self.config = config
-        self.stats = ModelStats(name=config.name, version=loaded.version)
-        self.replicas = ReplicaSet(loaded.replicas, [o.name for o in config.outputs], clock)
+        self.running = running
+        self.version = running.version
+        self.stats = ModelStats(name=config.name, version=running.version)
+        self.replicas = ReplicaSet(running.replicas, [o.name for o in config.outputs], clock)
         spec = BatchingSpec(
             max_batch_size=config.max_batch_size,
             max_queue_delay_s=config.batching.max_queue_delay_us / 1e6,
@@ -33,12 +33,6 @@ class ModelHost:
 
     def start(self) -> None:
         self.batcher.start()
-
-    def check_version(self, version: str | None) -> None:
-        if version not in (None, "", self.loaded.version):
-            raise NotFoundError(
-                f"model {self.config.name!r} has no version {version!r}; available: {self.loaded.version!r}"
-            )
 
     async def close(self) -> None:
         await self.batcher.close()

@@ -5,7 +5,8 @@
     ROOT/
       MODEL_NAME/
         config.json          ModelConfig.to_dict(), indented
-        1/model.onnx         one numeric folder per version
+        1/model.onnx         one folder per version: numeric (added models) or a
+        fp32/model.onnx      variant id (registered models: fp32, int8-dynamic, ...)
         validation.npz       optional extra files beside the versions
 
 Writes are atomic: a model folder is assembled and validated under a
@@ -59,8 +60,17 @@ class IndexEntry:
     """Why the model cannot be loaded; empty when ``state`` is "ok"."""
 
 
+_VERSION_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
 def _is_version(name: str) -> bool:
-    return name.isascii() and name.isdigit()
+    """A version folder name: a number, or a variant id such as ``int8-dynamic``."""
+    return bool(name) and not name.startswith(".") and set(name) <= _VERSION_CHARS and len(name) <= 64
+
+
+def version_order(version: str) -> tuple[int, int, str]:
+    """Numeric versions first, in numeric order; then variant ids by name."""
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)
 
 
 class ModelRepository:
@@ -102,12 +112,12 @@ class ModelRepository:
         return config
 
     def versions(self, name: str) -> list[VersionId]:
-        """Numeric version folders holding a model.onnx, in numeric order."""
+        """Version folders holding a model.onnx (see :func:`version_order`)."""
         model_dir = self._model_dir(name)
         found = [
             VersionId(p.name) for p in model_dir.iterdir() if _is_version(p.name) and (p / ARTIFACT_FILE).is_file()
         ]
-        return sorted(found, key=int)
+        return sorted(found, key=version_order)
 
     def artifact(self, name: str, version: str) -> Path:
         path = self._model_dir(name) / version / ARTIFACT_FILE
@@ -181,6 +191,49 @@ class ModelRepository:
             raise
         return final
 
+    def write_version(self, name: str, version: str, onnx_model: bytes | Path) -> Path:
+        """Atomically add (or replace) one version of an existing model; return its artifact.
+
+        The artifact is checked against the model's config and loaded by onnxruntime
+        in a temporary dot-folder first; a reader sees the old version or the new one.
+        """
+        if not _is_version(version):
+            raise InvalidArgumentError(f"invalid version name {version!r}")
+        config = self.read_config(name)
+        model_dir = self._model_dir(name)
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
+        except OSError as exc:
+            raise InternalError(f"cannot create a version folder in {model_dir}: {exc}") from None
+        try:
+            artifact = staging / ARTIFACT_FILE
+            try:
+                _write(artifact, onnx_model)
+                _fsync_dir(staging)
+            except OSError as exc:
+                raise InternalError(f"cannot write version {version!r} of {name!r}: {exc}") from None
+            graph.check_config(config, artifact)
+            OnnxSession(artifact)
+            final = model_dir / version
+            self._move_into_place(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return final / ARTIFACT_FILE
+
+    def remove_version(self, name: str, version: str) -> None:
+        """Delete a version folder (and any leftover temporary folders of the model)."""
+        model_dir = self._model_dir(name)
+        if _is_version(version):
+            shutil.rmtree(model_dir / version, ignore_errors=True)
+
+    def clean_temporary(self, name: str) -> None:
+        """Remove temporary dot-folders a crashed writer may have left in a model folder."""
+        model_dir = self._model_dir(name)
+        for path in model_dir.iterdir():
+            if path.is_dir() and path.name.startswith((".tmp-", ".old-")):
+                shutil.rmtree(path, ignore_errors=True)
+
     def _refuse_existing(self, final: Path, replace: bool) -> None:
         if final.exists() and not replace:
             raise InvalidArgumentError(
@@ -216,7 +269,7 @@ class ModelRepository:
                         self._refuse_existing(final, replace=False)
                     raise
             else:
-                aside = self.root / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+                aside = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
                 os.rename(final, aside)
                 try:
                     os.rename(staging, final)
@@ -224,9 +277,9 @@ class ModelRepository:
                     os.rename(aside, final)
                     raise
                 shutil.rmtree(aside, ignore_errors=True)
-            _fsync_dir(self.root)
+            _fsync_dir(final.parent)
         except OSError as exc:
-            raise InternalError(f"cannot move model {final.name!r} into {self.root}: {exc}") from None
+            raise InternalError(f"cannot move {final.name!r} into {final.parent}: {exc}") from None
 
     def add_model_file(
         self,
@@ -270,11 +323,11 @@ def _check_extra_name(file_name: str) -> None:
         or "/" in file_name
         or os.sep in file_name
         or file_name == CONFIG_FILE
-        or _is_version(file_name)
+        or "." not in file_name
     ):
         raise InvalidArgumentError(
             f"extra file name {file_name!r} must be a plain file name, not hidden, "
-            f"not {CONFIG_FILE} and not a version number"
+            f"not {CONFIG_FILE}, and with an extension (names without one are version folders)"
         )
 
 

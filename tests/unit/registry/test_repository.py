@@ -225,20 +225,25 @@ def test_reading_errors(repo: ModelRepository, tmp_path: Path) -> None:
         repo.read_config("no_config")
 
 
-def test_versions_are_numeric_folders_with_an_artifact(repo: ModelRepository, tmp_path: Path) -> None:
+def test_versions_are_folders_with_an_artifact_numbers_first(repo: ModelRepository, tmp_path: Path) -> None:
     repo.add_model_file(_identity_onnx(tmp_path / "identity.onnx"), "m")
     folder = repo.root / "m"
     for version in ("10", "2"):
         (folder / version).mkdir()
         shutil.copyfile(folder / "1" / "model.onnx", folder / version / "model.onnx")
     (folder / "3").mkdir()  # no model.onnx
-    (folder / "latest").mkdir()
-    (folder / "latest" / "model.onnx").write_bytes(b"")
+    (folder / ".tmp-x").mkdir()  # a temporary folder is never a version
+    (folder / ".tmp-x" / "model.onnx").write_bytes(b"")
+    repo.write_version("m", "int8-dynamic", folder / "1" / "model.onnx")
 
-    assert repo.versions("m") == ["1", "2", "10"]
-    assert list(repo.load("m").versions) == ["1", "2", "10"]
+    assert repo.versions("m") == ["1", "2", "10", "int8-dynamic"]
+    assert list(repo.load("m").versions) == ["1", "2", "10", "int8-dynamic"]
     with pytest.raises(NotFoundError):
-        repo.artifact("m", "latest")
+        repo.artifact("m", "3")
+    with pytest.raises(InvalidArgumentError):
+        repo.write_version("m", "bad", b"not onnx")
+    assert "bad" not in repo.versions("m")
+    assert not any(p.name.startswith(".tmp-") and p.name != ".tmp-x" for p in folder.iterdir())
 
 
 def test_index_reports_broken_models_without_raising(repo: ModelRepository, tmp_path: Path) -> None:
