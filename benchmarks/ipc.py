@@ -8,8 +8,9 @@ session (X: FP32 [rows, 64] -> Y: FP32 [rows, 10], one intra-op thread):
   tolist    conn.send({name: array.tolist()}) both ways, np.asarray on arrival
 
 All three wait for replies the same way (asyncio ``add_reader`` on the pipe), one
-batch at a time. "model" is the session called in-process, the floor under every
-transport. "shm x2" keeps two batches in flight (LocalReplica capacity 2) and
+batch at a time. Two floors: "echo" is a 120-byte message sent to a worker and
+back with no model (the process hand-off alone), "model" the session called
+in-process (the compute alone). "shm x2" keeps two batches in flight (LocalReplica capacity 2) and
 reports time per batch.
 
     .venv/bin/python benchmarks/ipc.py [--rows 1 64 1024] [--seconds 1.0]
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 ROUNDS = 10
+ECHO_MESSAGE = b"x" * 120  # about the size of a LocalReplica control message
 FEATURES = 64
 CLASSES = 10
 Array = np.ndarray[Any, Any]
@@ -58,8 +60,9 @@ def build_model(path: Path) -> Path:
     return path
 
 
-def baseline_worker(conn: Connection, model_path: str, as_lists: bool) -> None:
-    """The comparison workers: whole arrays (or lists) pickled over the pipe."""
+def baseline_worker(conn: Connection, model_path: str, mode: str) -> None:
+    """The comparison workers: whole arrays (or lists) pickled over the pipe, or
+    ("echo") no model at all: the message comes straight back."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
     from sloserve.runtime.session import OnnxSession
@@ -72,7 +75,9 @@ def baseline_worker(conn: Connection, model_path: str, as_lists: bool) -> None:
             return
         if inputs is None:
             return
-        if as_lists:
+        if mode == "echo":
+            conn.send(inputs)
+        elif mode == "tolist":
             arrays = {k: np.asarray(v, dtype=np.float32) for k, v in inputs.items()}
             conn.send({k: v.tolist() for k, v in session.run(arrays, ["Y"]).items()})
         else:
@@ -82,13 +87,13 @@ def baseline_worker(conn: Connection, model_path: str, as_lists: bool) -> None:
 class PipeWorker:
     """Parent side of a baseline worker, replies awaited with add_reader like LocalReplica."""
 
-    def __init__(self, model: Path, as_lists: bool) -> None:
+    def __init__(self, model: Path, mode: str) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=baseline_worker, args=(child, str(model), as_lists), daemon=True)
+        self._proc = ctx.Process(target=baseline_worker, args=(child, str(model), mode), daemon=True)
         self._proc.start()
         child.close()
-        self._as_lists = as_lists
+        self._as_lists = mode == "tolist"
         self._loop = asyncio.get_running_loop()
         self._future: asyncio.Future[Any] | None = None
         self._loop.add_reader(self._conn.fileno(), self._on_readable)
@@ -98,6 +103,11 @@ class PipeWorker:
             reply = self._conn.recv()
             assert self._future is not None
             self._future.set_result(reply)
+
+    async def echo(self, message: object) -> object:
+        self._future = self._loop.create_future()
+        self._conn.send(message)
+        return await self._future
 
     async def run(self, x: Array) -> Array:
         self._future = self._loop.create_future()
@@ -153,17 +163,18 @@ async def main(rows_list: list[int], seconds: float) -> None:
         session = OnnxSession(model, intra_op_threads=1)
         replica = LocalReplica(ReplicaId("ipc"), model, max_batch_rows=max(rows_list), capacity=2)
         await replica.start()
-        pickled = PipeWorker(model, as_lists=False)
-        listed = PipeWorker(model, as_lists=True)
+        pickled = PipeWorker(model, "pickle")
+        listed = PipeWorker(model, "tolist")
+        echo = PipeWorker(model, "echo")
         try:
             print(f"{os.cpu_count()} CPUs; microseconds per batch round trip, median (p90)")
             print(
                 f"X: FP32 [rows, {FEATURES}] -> Y: FP32 [rows, {CLASSES}]; {seconds:g} s per cell "
                 f"in {ROUNDS} interleaved bursts; shm x2: median of the bursts' mean per batch\n"
             )
-            header = ("rows", "model", "shm", "pickle", "tolist", "shm x2")
-            print(f"{header[0]:>5} | " + " | ".join(f"{h:>18}" for h in header[1:5]) + f" | {header[5]:>8}")
-            print("-" * 94)
+            header = ("rows", "echo", "model", "shm", "pickle", "tolist", "shm x2")
+            print(f"{header[0]:>5} | " + " | ".join(f"{h:>18}" for h in header[1:6]) + f" | {header[6]:>8}")
+            print("-" * 115)
             for rows in rows_list:
                 x = np.random.default_rng(rows).standard_normal((rows, FEATURES)).astype(np.float32)
                 want = session.run({"X": x}, ["Y"])["Y"]
@@ -173,6 +184,9 @@ async def main(rows_list: list[int], seconds: float) -> None:
                     await listed.run(x),
                 ):
                     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+                async def pipe_echo() -> object:
+                    return await echo.echo(ECHO_MESSAGE)
 
                 async def in_process(x: Array = x) -> object:
                     return session.run({"X": x}, ["Y"])
@@ -186,7 +200,7 @@ async def main(rows_list: list[int], seconds: float) -> None:
                 async def via_tolist(x: Array = x) -> object:
                     return await listed.run(x)
 
-                calls: list[Call] = [in_process, via_shm, via_pickle, via_tolist]
+                calls: list[Call] = [pipe_echo, in_process, via_shm, via_pickle, via_tolist]
                 # Interleave short bursts so that noise from other processes on
                 # this machine falls on every transport alike.
                 samples: list[list[float]] = [[] for _ in calls]
@@ -201,6 +215,7 @@ async def main(rows_list: list[int], seconds: float) -> None:
         finally:
             pickled.close()
             listed.close()
+            echo.close()
             await replica.stop()
 
 

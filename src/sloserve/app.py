@@ -17,9 +17,11 @@ from pathlib import Path
 from sloserve.clock import Clock, SystemClock
 from sloserve.cluster.local import LocalReplica
 from sloserve.control.lifecycle import ModelLifecycle
+from sloserve.control.registered import registry_lister, registry_planner
 from sloserve.dataplane.dataplane import DataPlane
 from sloserve.metrics import ServingMetrics
 from sloserve.model_config import ModelConfig
+from sloserve.registry.db import RegistryDB
 from sloserve.registry.repository import ModelRepository
 from sloserve.replica import Replica
 from sloserve.server.grpc.service import GrpcServer
@@ -56,7 +58,14 @@ class Server:
         self.metrics = ServingMetrics()
         self.dataplane = DataPlane(clock or SystemClock(), self.metrics)
         self.repository = ModelRepository(repository)
-        self.lifecycle = ModelLifecycle(self.repository, local_replica, self.dataplane.apply_catalog)
+        self.registry = RegistryDB(settings.registry_path, repository)
+        self.lifecycle = ModelLifecycle(
+            self.repository,
+            local_replica,
+            self.dataplane.apply_catalog,
+            plan=registry_planner(self.registry),
+            list_variants=registry_lister(self.registry),
+        )
         self.dataplane.attach_control(self.lifecycle)
         self._http: UvicornServer | None = None
         self._metrics_http: UvicornServer | None = None
@@ -93,6 +102,7 @@ class Server:
             log.warning("models did not drain within %.1f s; stopping anyway", self.settings.shutdown_grace_s)
         if self._metrics_http is not None:
             await self._metrics_http.stop()
+        self.registry.close()
 
 
 async def serve(settings: Settings, repository: Path, on_ready: Callable[[Server], None] | None = None) -> None:

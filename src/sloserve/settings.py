@@ -34,6 +34,7 @@ class Option:
 @dataclass(frozen=True, slots=True)
 class Settings:
     repository: Path | None = None
+    home: Path | None = None
     host: str = "127.0.0.1"
     http_port: int = 8000
     grpc_port: int = 8001
@@ -41,6 +42,15 @@ class Settings:
     max_body_mb: float = 64.0
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
+
+    @property
+    def home_dir(self) -> Path:
+        """The home given, else the default one (for settings built without :func:`load_settings`)."""
+        return self.home if self.home is not None else default_home(os.environ)
+
+    @property
+    def registry_path(self) -> Path:
+        return self.home_dir / "registry.sqlite3"
 
     @property
     def max_body_bytes(self) -> int:
@@ -52,6 +62,10 @@ OPTIONS: dict[str, Option] = {
         "--repository",
         "SLOSERVE_REPOSITORY",
         "model repository folder (default: the built-in demo repository under the sloserve home)",
+    ),
+    "home": Option(
+        "--home", "SLOSERVE_HOME",
+        "sloserve home: the registry database and the demo repository (default $XDG_CACHE_HOME/sloserve)",
     ),
     "host": Option("--host", "SLOSERVE_HOST", "address to bind every port to"),
     "http_port": Option("--http-port", "SLOSERVE_HTTP_PORT", "HTTP/REST port (0: any free port)"),
@@ -68,7 +82,7 @@ OPTIONS: dict[str, Option] = {
 
 
 def _convert(name: str, raw: Any, default: Any) -> Any:
-    if name == "repository":
+    if name in ("repository", "home"):
         return None if raw in (None, "") else Path(str(raw)).expanduser()
     try:
         return type(default)(raw)
@@ -90,6 +104,8 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str] | None = None
         if raw is None:
             raw = env.get(OPTIONS[f.name].env)
         values[f.name] = default if raw is None else _convert(f.name, raw, default)
+    if values["home"] is None:
+        values["home"] = default_home(env)
     settings = Settings(**values)
     for port in ("http_port", "grpc_port", "metrics_port"):
         value = getattr(settings, port)

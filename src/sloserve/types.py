@@ -13,5 +13,5 @@ VersionId = NewType("VersionId", str)
 ReplicaId = NewType("ReplicaId", str)
 """Identifies one replica (worker process or actor) of a model."""
 
-VariantId = NewType("VariantId", str)
-"""A variant of a model (``fp32``, ``int8-dynamic``, ...); on the wire it is the model version."""
+VariantId = VersionId
+"""A variant of a model (``fp32``, ``int8-dynamic``, ...): on the wire, a version of the model."""

@@ -104,3 +104,34 @@ class VariantRecord:
     profile: VariantProfile | None = None
     pareto: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+
+
+def variant_json(record: VariantRecord) -> dict[str, Any]:
+    """The JSON object of one variant: ``sloserve variants --json`` and ``GET /v2/models/{m}/variants``."""
+    p = record.profile
+    return {
+        "id": record.id,
+        "recipe": record.recipe,
+        "status": record.status.value,
+        "reason": record.reason,
+        "parent": record.parent,
+        "meant_for": record.meant_for,
+        "execution_provider": record.execution_provider,
+        "accuracy": p.accuracy if p else None,
+        "accuracy_kind": p.accuracy_kind.value if p and p.accuracy_kind else None,
+        "latency_ms": {str(b): {"p50": s.p50_ms, "p95": s.p95_ms, "p99": s.p99_ms} for b, s in p.latency_ms.items()}
+        if p
+        else {},
+        "latency_model_ms": {"intercept": p.latency_intercept_ms, "per_row": p.latency_per_row_ms} if p else None,
+        "best_batch": p.best_batch if p else None,
+        "throughput_sps": p.throughput_sps if p else None,
+        "memory_mb": p.memory_mb if p else None,
+        "size_bytes": p.size_bytes if p else None,
+        "load_ms": p.load_ms if p else None,
+        "flops_per_row": p.flops_per_row if p else None,
+        "parameters": p.parameters if p else None,
+        "cost_cpu_s_per_1k": p.cost_cpu_s_per_1k if p else None,
+        "pareto": record.pareto,
+        "artifact": record.artifact,
+        "details": record.details,
+    }

@@ -24,7 +24,13 @@ class ServerThread:
     """A Server on its own event loop in a thread; stopped by the test that started it."""
 
     def __init__(self, repository: Path, **settings: Any) -> None:
-        defaults: dict[str, Any] = {"http_port": 0, "grpc_port": 0, "metrics_port": 0, "shutdown_grace_s": 5.0}
+        defaults: dict[str, Any] = {
+            "http_port": 0,
+            "grpc_port": 0,
+            "metrics_port": 0,
+            "shutdown_grace_s": 5.0,
+            "home": repository.parent / f"{repository.name}-home",
+        }
         defaults.update(settings)
         self.settings = Settings(repository=repository, **defaults)
         self.loop = uvloop.new_event_loop()  # as `sloserve serve` runs

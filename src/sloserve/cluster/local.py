@@ -17,6 +17,10 @@ Lifecycle::
 When the worker dies, every batch in flight fails with ``ReplicaDiedError``
 (the caller may retry elsewhere), its slots are unlinked, and a new worker is
 started in the background with exponential backoff.
+
+Spawn re-imports the parent's ``__main__`` module in every worker (as
+``__mp_main__``) before :func:`worker.main` runs: keep entry-point modules
+cheap to import, or every worker pays for (and holds) what they import.
 """
 
 from __future__ import annotations
@@ -355,11 +359,13 @@ def _describe_exit(exitcode: int | None) -> str:
 
 
 class LocalReplica:
-    """A :class:`~sloserve.cluster.base.Replica` running the model in a local worker process.
+    """A :class:`~sloserve.replica.Replica` running the model in a local worker process.
 
     ``max_batch_rows`` sizes the shared memory slots (a bigger batch still works:
-    its slot grows). Up to ``capacity`` batches are in flight at once; the worker
-    runs them in order, so while it computes one the next is already waiting.
+    its slot grows). Up to ``capacity`` batches are in flight at once (more
+    callers wait for a slot); the worker runs them in order, so while it computes
+    one the next is already waiting. ``run`` with no output names returns every
+    output; the arrays it returns are the caller's own (copied out of the slot).
     A worker that dies is restarted up to ``max_restart_attempts`` times in a row,
     waiting ``restart_backoff_s`` doubled at each attempt.
     """

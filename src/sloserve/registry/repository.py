@@ -291,29 +291,44 @@ class ModelRepository:
         max_batch_size: int = 64,
         replace: bool = False,
     ) -> ModelConfig:
-        """Register an ONNX file or a pickled/joblib scikit-learn estimator as ``name``.
-
-        The config is derived from the graph: batched with ``max_batch_size`` when
-        every input and output has a symbolic first dimension, otherwise
-        ``max_batch_size`` 0 with the shapes as they are. ``n_features`` and
-        ``input_datatype`` apply to scikit-learn estimators only.
-        """
-        model_name = validate_model_name(name)
-        if max_batch_size < 0:
-            raise InvalidArgumentError(f"max_batch_size must be >= 0, got {max_batch_size}")
-        if not path.is_file():
-            raise InvalidArgumentError(f"{path} does not exist or is not a file")
-        self._refuse_existing(self.root / model_name, replace)
-        source: bytes | Path
-        if graph.is_onnx(path):
-            if n_features is not None:
-                raise InvalidArgumentError(f"{path} is an ONNX model; n_features applies only to scikit-learn")
-            source = path
-        else:
-            source = sklearn_convert.convert_file(path, n_features=n_features, input_datatype=input_datatype)
-        config = graph.config_from_signature(model_name, *graph.read_signature(source), max_batch_size)
+        """Add an ONNX file or a pickled/joblib scikit-learn estimator as ``name`` (version 1)."""
+        self._refuse_existing(self.root / validate_model_name(name), replace)
+        config, source = convert_model_file(
+            path, name, n_features=n_features, input_datatype=input_datatype, max_batch_size=max_batch_size
+        )
         self.write_model(config, source, replace=replace)
         return config
+
+
+def convert_model_file(
+    path: Path,
+    name: str,
+    *,
+    n_features: int | None = None,
+    input_datatype: str = "FP32",
+    max_batch_size: int = 64,
+) -> tuple[ModelConfig, bytes | Path]:
+    """The config and ONNX model of a model file: ONNX as it is, scikit-learn converted with skl2onnx.
+
+    The config is derived from the graph: batched with ``max_batch_size`` when
+    every input and output has a symbolic first dimension, otherwise
+    ``max_batch_size`` 0 with the shapes as they are. ``n_features`` and
+    ``input_datatype`` apply to scikit-learn estimators only.
+    """
+    model_name = validate_model_name(name)
+    if max_batch_size < 0:
+        raise InvalidArgumentError(f"max_batch_size must be >= 0, got {max_batch_size}")
+    if not path.is_file():
+        raise InvalidArgumentError(f"{path} does not exist or is not a file")
+    source: bytes | Path
+    if graph.is_onnx(path):
+        if n_features is not None:
+            raise InvalidArgumentError(f"{path} is an ONNX model; n_features applies only to scikit-learn")
+        source = path
+    else:
+        source = sklearn_convert.convert_file(path, n_features=n_features, input_datatype=input_datatype)
+    config = graph.config_from_signature(model_name, *graph.read_signature(source), max_batch_size)
+    return config, source
 
 
 def _check_extra_name(file_name: str) -> None:

@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 
 from sloserve.errors import InvalidArgumentError, NotFoundError
 from sloserve.model_config import ModelConfig, TensorSpec
-from sloserve.registry import IndexEntry, ModelRepository
+from sloserve.registry.repository import IndexEntry, ModelRepository
 from sloserve.runtime.session import OnnxSession
 
 

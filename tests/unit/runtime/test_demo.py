@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from sloserve.model_config import BatchingConfig, TensorSpec
-from sloserve.registry import ModelRepository
+from sloserve.registry.repository import ModelRepository
 from sloserve.runtime.demo import DemoReport, build_digits, build_wide_mlp, wide_mlp_config
 from sloserve.runtime.graph import check_config, read_signature
 from sloserve.runtime.session import OnnxSession

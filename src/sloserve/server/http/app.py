@@ -101,6 +101,9 @@ class HttpApp:
         if action == ["stats"]:
             _expect(method, "GET")
             return await _json(send, self._dp.model_stats(name, version))
+        if action == ["variants"] and version is None:
+            _expect(method, "GET")
+            return await _json(send, self._dp.variants(name))
         raise NotFoundError(f"no such endpoint: {scope['path']}")
 
     async def _infer(self, name: str, version: str | None, scope: Scope, receive: Receive, send: Send) -> None:

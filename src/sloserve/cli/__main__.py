@@ -1,0 +1,5 @@
+import sys
+
+from sloserve.cli import main
+
+sys.exit(main())
