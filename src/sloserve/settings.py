@@ -64,7 +64,8 @@ OPTIONS: dict[str, Option] = {
         "model repository folder (default: the built-in demo repository under the sloserve home)",
     ),
     "home": Option(
-        "--home", "SLOSERVE_HOME",
+        "--home",
+        "SLOSERVE_HOME",
         "sloserve home: the registry database and the demo repository (default $XDG_CACHE_HOME/sloserve)",
     ),
     "host": Option("--host", "SLOSERVE_HOST", "address to bind every port to"),

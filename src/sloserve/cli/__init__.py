@@ -137,8 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Registering a name that is already registered is refused unless --replace is given, which "
         "registers a new generation (the old variants are deleted).",
     )
-    p.add_argument("path", type=Path, help="model file: .onnx, a pickle/joblib scikit-learn estimator, "
-                   "or (with the torch extra) a torch.save'd {'model': module, 'example_input': tensor}")
+    p.add_argument(
+        "path",
+        type=Path,
+        help="model file: .onnx, a pickle/joblib scikit-learn estimator, "
+        "or (with the torch extra) a torch.save'd {'model': module, 'example_input': tensor}",
+    )
     p.add_argument("--name", required=True, help="model name (letters, digits, '_', '-', '.')")
     p.add_argument(
         "--validation",

@@ -23,9 +23,7 @@ from sloserve.settings import Settings
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_of(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     demo = args.command == "demo"
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         if settings.repository is None:

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from sloserve.cli.output import console, repository_of, settings_of
 from sloserve.cli.progress import RichProgress
-from sloserve.control.registration import Registrar, RegisterOptions
+from sloserve.control.registration import RegisterOptions, Registrar
 from sloserve.errors import InvalidArgumentError, NotFoundError
 from sloserve.profiling.profiler import ProfileSettings
 from sloserve.registry.db import RegistryDB
@@ -85,8 +85,16 @@ def _ms(value: float) -> str:
 def print_variants(name: str, records: Sequence[VariantRecord]) -> None:
     table = Table(title=f"Variants of {name}")
     for column in (
-        "variant", "status", "accuracy", "p50/p99 ms b=1", "best batch: p50/p99 ms", "rows/s", "memory MB",
-        "size KB", "cost CPU-s/1k", "frontier",
+        "variant",
+        "status",
+        "accuracy",
+        "p50/p99 ms b=1",
+        "best batch: p50/p99 ms",
+        "rows/s",
+        "memory MB",
+        "size KB",
+        "cost CPU-s/1k",
+        "frontier",
     ):
         table.add_column(column, justify="left" if column in ("variant", "status") else "right")
     for r in records:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from sloserve.control.registration import Registrar, RegisterOptions, RegistrationProgress
+from sloserve.control.registration import RegisterOptions, Registrar, RegistrationProgress
 from sloserve.profiling.profiler import ProfileSettings
 from sloserve.registry.db import RegistryDB
 from sloserve.registry.repository import ModelRepository

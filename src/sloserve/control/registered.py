@@ -22,9 +22,7 @@ def registry_planner(db: RegistryDB) -> VersionPlanner:
     def plan(name: ModelName, on_disk: Sequence[VersionId]) -> tuple[tuple[VersionId, ...], VersionId]:
         if db.model(name) is None:
             return plan_from_disk(name, on_disk)
-        ready = [
-            VersionId(r.id) for r in db.variants(name) if r.status is VariantStatus.READY and r.id in on_disk
-        ]
+        ready = [VersionId(r.id) for r in db.variants(name) if r.status is VariantStatus.READY and r.id in on_disk]
         if not ready:
             return plan_from_disk(name, on_disk)
         default = REFERENCE_VARIANT if REFERENCE_VARIANT in ready else ready[0]

@@ -29,9 +29,9 @@ from sloserve.errors import InvalidArgumentError, NotFoundError, SloserveError
 from sloserve.model_config import ModelConfig, validate_model_name
 from sloserve.policy.pareto import pareto_flags
 from sloserve.profiling.profiler import ProfileSettings, profile_variant
+from sloserve.profiling.profiler import reference_outputs as reference_outputs_of
 from sloserve.registry.db import RegistryDB
 from sloserve.registry.repository import FIRST_VERSION, ModelRepository, convert_model_file
-from sloserve.runtime.session import OnnxSession
 from sloserve.types import ModelName, VariantId
 from sloserve.variant import Task, VariantRecord, VariantStatus
 from sloserve.variants import DEFAULT_RECIPES, RECIPES
@@ -148,7 +148,7 @@ class Registrar:
 
         done = {r.id for r in self._db.variants(model)}
         reference = self._repository.artifact(model, FIRST_VERSION)
-        reference_outputs = _run_reference(reference, config, validation) if validation else None
+        reference_outputs = await reference_outputs_of(reference, config, validation.inputs) if validation else None
         for index, recipe in enumerate(recipes):
             progress.recipe_started(recipe, index, len(recipes))
             if recipe in done:
@@ -156,9 +156,7 @@ class Registrar:
                 assert record is not None
                 progress.recipe_finished(record)
                 continue
-            record = await self._build(
-                model, config, recipe, reference, validation, labels, reference_outputs, task
-            )
+            record = await self._build(model, config, recipe, reference, validation, labels, reference_outputs, task)
             self._db.record_variant(record)
             self._db.log_event(model, "variant", f"{recipe}: {record.status.value} {record.reason}".strip())
             progress.recipe_finished(record)
@@ -236,7 +234,7 @@ class Registrar:
         points = [
             (
                 r.profile.latency_ms[min(r.profile.latency_ms)].p50_ms,
-                r.profile.accuracy if r.profile.accuracy is not None else float("-inf"),
+                r.profile.accuracy,
                 r.profile.cost_cpu_s_per_1k,
             )
             for r in ready
@@ -257,9 +255,8 @@ class Registrar:
         if local.is_file():
             validation_path = local
         validation = load_validation(validation_path, config) if validation_path else None
-        reference_outputs = (
-            _run_reference(self._repository.artifact(model, FIRST_VERSION), config, validation) if validation else None
-        )
+        reference = self._repository.artifact(model, FIRST_VERSION)
+        reference_outputs = await reference_outputs_of(reference, config, validation.inputs) if validation else None
         records = [r for r in self._db.variants(model) if r.status is VariantStatus.READY]
         if variant is not None:
             records = [r for r in records if r.id == variant]
@@ -297,17 +294,3 @@ def _registration_lock(root: Path, model: ModelName) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _run_reference(
-    artifact: Path, config: ModelConfig, validation: ValidationSet
-) -> dict[str, np.ndarray[Any, Any]]:
-    """The registered model's outputs on the validation inputs (for fidelity and distillation)."""
-    session = OnnxSession(artifact)
-    names = [o.name for o in config.outputs]
-    step = config.max_batch_size or validation.rows
-    chunks: list[dict[str, np.ndarray[Any, Any]]] = []
-    for start in range(0, validation.rows, step):
-        batch = {k: v[start : start + step] for k, v in validation.inputs.items()}
-        chunks.append(session.run(batch, names))
-    return {name: np.concatenate([c[name] for c in chunks]) for name in names}

@@ -264,12 +264,30 @@ def _check_validation(config: ModelConfig, validation: Mapping[str, Array]) -> d
         array = np.asarray(validation[spec.name])
         dtype = numpy_dtype(spec.datatype)
         if dtype.kind != "O" and array.dtype != dtype:
-            array = array.astype(dtype)
+            try:
+                array = array.astype(dtype)
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgumentError(
+                    f"validation input {spec.name!r} ({array.dtype}) cannot be read as {spec.datatype}: {exc}"
+                ) from None
         checked[spec.name] = array
     rows = {len(a) if a.ndim else 0 for a in checked.values()}
     if len(rows) != 1 or 0 in rows:
         raise InvalidArgumentError(f"validation inputs must have the same, non-zero number of rows, got {rows}")
     return checked
+
+
+def _check_rows(validation: Feed | None, labels: Array | None, reference: Mapping[str, Array] | None) -> None:
+    """Labels and reference outputs must cover the validation rows (checked before any measuring)."""
+    if validation is None:
+        return
+    rows = len(next(iter(validation.values())))
+    scoring = {"labels": labels} if labels is not None else {}
+    scoring.update({f"reference output {name!r}": array for name, array in (reference or {}).items()})
+    for what, array in scoring.items():
+        have = len(array) if np.ndim(array) else 0
+        if have != rows:
+            raise InvalidArgumentError(f"{what} has {have} rows, the validation set {rows}")
 
 
 def _batch_sizes(config: ModelConfig, settings: ProfileSettings) -> tuple[int, ...]:
@@ -351,6 +369,7 @@ async def profile_variant(
     clock = SystemClock()
     sizes = _batch_sizes(config, settings)
     batches = _Batches(config, validation)
+    _check_rows(batches.validation, labels, reference_outputs)
     names = _output_names(config)
     graph = await asyncio.to_thread(read_graph_stats, artifact)
     replica = _replica(artifact, config, settings.intra_op_threads, max(*sizes, config.max_batch_size))
@@ -384,7 +403,7 @@ async def profile_variant(
         if batches.validation is not None:
             outputs = await _run_all(replica, config, batches.validation)
             accuracy, kind = measure_accuracy(outputs, task=task, labels=labels, reference=reference_outputs)
-            say(f"accuracy {kind.value if kind else 'unknown'}: {accuracy if accuracy is not None else '-'}")
+            say(f"accuracy: {accuracy:.4f} ({kind.value})" if accuracy is not None and kind else "accuracy: unknown")
         if pid is not None:
             peak_mb = _peak_rss_mb(pid)
     finally:

@@ -134,6 +134,12 @@ class _Graph:
         )
 
 
+def hidden_widths(model: onnx.ModelProto) -> list[int]:
+    """The width of every prunable hidden dimension of ``model`` (empty when it has no dense chain)."""
+    graph = _Graph(model)
+    return [graph.weights[link.first.weight].shape[link.first.out_axis] for link in _links(graph, _dense_layers(graph))]
+
+
 def pruning_recipe(fraction: float) -> Recipe:
     """The recipe that prunes ``fraction`` (0 < fraction < 1) of every link's hidden units."""
     if not 0.0 < fraction < 1.0:
@@ -277,7 +283,9 @@ def _run_exposing(
     probe.CopyFrom(model)
     _write_weights(probe, graph)
     declared = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in dict.fromkeys(tensors) if t not in declared)
+    probe.graph.output.extend(
+        helper.make_empty_tensor_value_info(t) for t in dict.fromkeys(tensors) if t not in declared
+    )
     with tempfile.TemporaryDirectory(prefix="sloserve-prune-") as scratch:
         probe_path = Path(scratch) / "probe.onnx"
         save_model(probe, probe_path)
