@@ -9,8 +9,8 @@ and strict: unknown keys and bad values are reported with the field's path.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, TypeVar
 
 from sloserve.datatypes import DATATYPES
 from sloserve.errors import InvalidArgumentError
@@ -45,6 +45,33 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """Prediction cache: answers for repeated inputs, bounded in bytes, expiring after ``ttl_s``."""
+
+    enabled: bool = False
+    ttl_s: float = 60.0
+    max_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class HedgingConfig:
+    """Hedged requests: a backup batch on another replica once the first is slower than its live quantile."""
+
+    enabled: bool = True
+    quantile: float = 0.95
+    budget: float = 0.05
+    """Extra work hedging may spend, as a fraction of batches."""
+
+
+@dataclass(frozen=True, slots=True)
+class SloConfig:
+    """The SLO a request gets when it states none (``None``: no latency bound / no accuracy floor)."""
+
+    latency_slo_ms: float | None = None
+    min_accuracy: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: ModelName
     inputs: tuple[TensorSpec, ...]
@@ -54,6 +81,9 @@ class ModelConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     instance_count: int = 1
     intra_op_threads: int = 1
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    hedging: HedgingConfig = field(default_factory=HedgingConfig)
+    default_slo: SloConfig = field(default_factory=SloConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +95,9 @@ class ModelConfig:
             "dynamic_batching": asdict(self.batching),
             "instance_count": self.instance_count,
             "intra_op_threads": self.intra_op_threads,
+            "cache": asdict(self.cache),
+            "hedging": asdict(self.hedging),
+            "default_slo": asdict(self.default_slo),
         }
 
     def input(self, name: str) -> TensorSpec | None:
@@ -133,6 +166,9 @@ def parse_model_config(raw: Any) -> ModelConfig:
             "dynamic_batching",
             "instance_count",
             "intra_op_threads",
+            "cache",
+            "hedging",
+            "default_slo",
         },
         "",
     )
@@ -171,4 +207,46 @@ def parse_model_config(raw: Any) -> ModelConfig:
         batching=batching,
         instance_count=_int(raw, "instance_count", "", 1, 1),
         intra_op_threads=_int(raw, "intra_op_threads", "", 1, 1),
+        cache=_section(raw, "cache", CacheConfig()),
+        hedging=_section(raw, "hedging", HedgingConfig()),
+        default_slo=_section(raw, "default_slo", SloConfig()),
     )
+
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "quantile": (0.5, 0.999),
+    "budget": (0.0, 1.0),
+    "min_accuracy": (0.0, 1.0),
+}
+
+S = TypeVar("S", CacheConfig, HedgingConfig, SloConfig)
+
+
+def _section(raw: dict[str, Any], key: str, default: S) -> S:
+    """Parse an optional sub-object whose fields (bool, int, float or optional float) default to ``default``'s."""
+    section = raw.get(key, {})
+    _expect(isinstance(section, dict), key, "expected an object")
+    allowed = {f.name for f in fields(default)}
+    _known_keys(section, allowed, key)
+    values: dict[str, Any] = {}
+    for name in allowed:
+        if name not in section:
+            continue
+        value, where, current = section[name], f"{key}.{name}", getattr(default, name)
+        if isinstance(current, bool):
+            _expect(isinstance(value, bool), where, f"expected true or false, got {value!r}")
+        elif value is None:
+            _expect(current is None, where, "may not be null")
+        else:
+            _expect(
+                isinstance(value, int | float) and not isinstance(value, bool) and value >= 0,
+                where,
+                f"expected a number >= 0, got {value!r}",
+            )
+            low, high = _RANGES.get(name, (0.0, float("inf")))
+            _expect(low <= value <= high, where, f"expected a value in [{low}, {high}], got {value!r}")
+            if name == "latency_slo_ms":
+                _expect(value > 0, where, "a latency SLO must be positive")
+            value = int(value) if isinstance(current, int) else float(value)
+        values[name] = value
+    return replace(default, **values)

@@ -68,7 +68,7 @@ ACTIVATIONS: Final = frozenset(
     }
 )
 """Single-input elementwise operators: a hidden unit passes through them on its own."""
-RIDGE: Final = 1e-3
+RIDGE: Final = 1e-4
 """Ridge strength of the refit, relative to the mean feature variance."""
 NOISE: Final = 0.1
 """Noisy copies of the calibration rows: gaussian noise of this many feature standard deviations."""

@@ -50,3 +50,33 @@ def test_bad_configs_are_reported_with_the_field(change: dict[str, Any], message
 def test_unbatched_models_keep_fixed_shapes() -> None:
     raw = {**GOOD, "max_batch_size": 0, "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64]}]}
     assert parse_model_config(raw).inputs[0].shape == (1, 64)
+
+
+def test_cache_hedging_and_default_slo_sections() -> None:
+    raw = {
+        **GOOD,
+        "cache": {"enabled": True, "ttl_s": 5},
+        "hedging": {"quantile": 0.99, "budget": 0.1},
+        "default_slo": {"latency_slo_ms": 20, "min_accuracy": 0.9},
+    }
+    config = parse_model_config(raw)
+    assert config.cache.enabled and config.cache.ttl_s == 5.0
+    assert config.hedging.quantile == 0.99 and config.hedging.enabled
+    assert config.default_slo.latency_slo_ms == 20.0 and config.default_slo.min_accuracy == 0.9
+    assert parse_model_config(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"cache": {"enabled": "yes"}}, "cache.enabled"),
+        ({"cache": {"size": 1}}, "unknown keys"),
+        ({"hedging": {"quantile": 0.2}}, "hedging.quantile"),
+        ({"default_slo": {"latency_slo_ms": 0}}, "positive"),
+        ({"default_slo": {"min_accuracy": 1.5}}, "min_accuracy"),
+        ({"default_slo": {"latency_slo_ms": "fast"}}, "latency_slo_ms"),
+    ],
+)
+def test_bad_sections_name_the_field(section: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        parse_model_config({**GOOD, **section})

@@ -11,6 +11,7 @@ import pytest
 
 from sloserve.registry.repository import ModelRepository
 from sloserve.runtime.demo import build_digits, build_wide_mlp, wide_mlp_config
+from sloserve.runtime.graph import config_from_signature, read_signature
 from sloserve.variant import Task
 from tests.unit.variants.kit import GEMM_IN, GEMM_LAYERS, GEMM_OUT, GEMM_WIDTH, Outcome, Reference, build_all
 
@@ -19,7 +20,7 @@ from tests.unit.variants.kit import GEMM_IN, GEMM_LAYERS, GEMM_OUT, GEMM_WIDTH, 
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Reference:
     report = build_digits(ModelRepository(tmp_path_factory.mktemp("digits-repo")))
     validation = np.load(report.validation_path)
-    config = ModelRepository(report.model_dir.parent).read_config("digits")
+    config = config_from_signature("digits", *read_signature(report.model_path), max_batch_size=64)
     return Reference(report.model_path, config, validation["X"], validation["y"], Task.CLASSIFICATION)
 
 
