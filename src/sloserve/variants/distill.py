@@ -76,25 +76,23 @@ def build_distilled(source: RecipeInput, path: Path) -> Built:
     inputs = perturbed(source.calibration, COPIES, NOISE, source.seed)
     x = inputs[feature_input.name]
     outputs = run_model(source.reference, inputs)
+    exposed = [t.name for t in source.config.outputs]
     if classifier is not None:
         label_spec, probability_spec = classifier
-        targets, tail, table = _classifier_targets(outputs, label_spec, probability_spec)
-        y_mean, y_scale = np.zeros(targets.shape[1]), np.ones(targets.shape[1])
+        targets, top1, table = _classifier_targets(outputs, label_spec, probability_spec)
+        student = _fit(x, targets, hidden, source.seed)
+        graph = _student_graph(student, x.shape[1], targets.shape[1])
+        _check_export(graph, student, x)
+        model = _classifier_head(graph, teacher, exposed, feature_input, label_spec, probability_spec, table)
     else:
         (output_spec,) = source.config.outputs
         raw = outputs[output_spec.name].astype(np.float64).reshape(len(x), -1)
         y_mean, y_scale = raw.mean(axis=0), raw.std(axis=0)
         y_scale[y_scale == 0] = 1.0
-        targets = (raw - y_mean) / y_scale
-        table = None
-
-    student = _fit(x, targets, hidden, source.seed)
-    graph = _student_graph(student, x.shape[1], targets.shape[1])
-    _check_export(graph, student, x)
-    if classifier is not None and table is not None:
-        model = _classifier_head(graph, teacher, feature_input, *classifier, table)
-    else:
-        model = _regressor_head(graph, teacher, feature_input, source.config.outputs[0], y_mean, y_scale)
+        student = _fit(x, (raw - y_mean) / y_scale, hidden, source.seed)
+        graph = _student_graph(student, x.shape[1], raw.shape[1])
+        _check_export(graph, student, x)
+        model = _regressor_head(graph, teacher, exposed, feature_input, output_spec, y_mean, y_scale)
     save_model(model, path)
     verify(source, path)
 
@@ -108,7 +106,7 @@ def build_distilled(source: RecipeInput, path: Path) -> Built:
     }
     if classifier is not None:
         details["soft_targets"] = "log-probabilities"
-        details["train_fidelity_top1"] = round(float(np.mean(student.predict(x).argmax(axis=1) == tail)), 4)
+        details["train_fidelity_top1"] = round(float(np.mean(student.predict(x).argmax(axis=1) == top1)), 4)
     return Built(details=details)
 
 
@@ -194,7 +192,7 @@ def _fit(x: Array, targets: Array, hidden: int, seed: int) -> Any:
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        student.fit(x, targets)
+        student.fit(x, targets[:, 0] if targets.shape[1] == 1 else targets)  # one target: a 1-D y
     return student
 
 
@@ -248,15 +246,18 @@ def _rename(model: onnx.ModelProto, input_name: str) -> str:
     return renamed(student_output.name)
 
 
-def _with_io(model: onnx.ModelProto, teacher: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> onnx.ModelProto:
-    """The student with the teacher's input and output declarations and the head ``nodes``."""
+def _with_io(
+    model: onnx.ModelProto, teacher: onnx.ModelProto, exposed: list[str], nodes: list[onnx.NodeProto]
+) -> onnx.ModelProto:
+    """The student with the head ``nodes`` and the teacher's declarations of its input and ``exposed`` outputs."""
     graph = model.graph
     graph.node.extend(nodes)
     weights = {init.name for init in teacher.graph.initializer}
     del graph.input[:]
     graph.input.extend(v for v in teacher.graph.input if v.name not in weights)
+    declared = {v.name: v for v in teacher.graph.output}
     del graph.output[:]
-    graph.output.extend(teacher.graph.output)
+    graph.output.extend(declared[name] for name in exposed)
     graph.name = f"{teacher.graph.name or 'model'}_distilled"
     onnx.checker.check_model(model)
     return model
@@ -265,6 +266,7 @@ def _with_io(model: onnx.ModelProto, teacher: onnx.ModelProto, nodes: list[onnx.
 def _classifier_head(
     model: onnx.ModelProto,
     teacher: onnx.ModelProto,
+    exposed: list[str],
     feature_input: TensorSpec,
     label_spec: TensorSpec,
     probability_spec: TensorSpec,
@@ -278,12 +280,13 @@ def _classifier_head(
         helper.make_node("ArgMax", [logits], [index], axis=1, keepdims=0, name=_PREFIX + "argmax"),
         helper.make_node("Gather", [table_name, index], [label_spec.name], axis=0, name=_PREFIX + "label"),
     ]
-    return _with_io(model, teacher, nodes)
+    return _with_io(model, teacher, exposed, nodes)
 
 
 def _regressor_head(
     model: onnx.ModelProto,
     teacher: onnx.ModelProto,
+    exposed: list[str],
     feature_input: TensorSpec,
     output_spec: TensorSpec,
     mean: Array,
@@ -305,4 +308,4 @@ def _regressor_head(
         helper.make_node("Add", [names["scaled"], names["mean"]], [names["restored"]], name=_PREFIX + "uncentre"),
         helper.make_node("Reshape", [names["restored"], names["shape"]], [output_spec.name], name=_PREFIX + "shape"),
     ]
-    return _with_io(model, teacher, nodes)
+    return _with_io(model, teacher, exposed, nodes)

@@ -385,8 +385,8 @@ def _write_weights(model: onnx.ModelProto, graph: _Graph) -> None:
     model.graph.initializer.extend(
         numpy_helper.from_array(array, name) for name, array in graph.weights.items() if name not in existing
     )
-    for node, source in zip(model.graph.node, graph.model.graph.node, strict=True):
-        if node is not source and list(node.input) != list(source.input):
+    for node, source in zip(model.graph.node, graph.model.graph.node, strict=True):  # Gemm biases added
+        if list(node.input) != list(source.input):
             del node.input[:]
             node.input.extend(source.input)
     del model.graph.value_info[:]  # intermediate shapes changed; onnxruntime infers them again
