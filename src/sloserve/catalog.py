@@ -19,6 +19,7 @@ from types import MappingProxyType
 from sloserve.model_config import ModelConfig
 from sloserve.replica import Replica
 from sloserve.types import ModelName, VersionId
+from sloserve.variant import VariantProfile
 
 
 class ModelState(enum.Enum):
@@ -44,6 +45,8 @@ class LoadedModel:
     versions: tuple[VersionId, ...]
     default: VersionId
     running: Mapping[VersionId, RunningVersion]
+    profiles: Mapping[VersionId, VariantProfile] = field(default_factory=lambda: MappingProxyType({}))
+    """Measured profiles of the versions that have one (registered models' variants)."""
 
     @property
     def name(self) -> ModelName:

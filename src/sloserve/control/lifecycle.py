@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -25,6 +25,7 @@ from sloserve.model_config import ModelConfig
 from sloserve.registry.repository import ModelRepository
 from sloserve.replica import Replica
 from sloserve.types import ModelName, VersionId
+from sloserve.variant import VariantProfile
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,17 @@ ReplicaFactory = Callable[[ModelConfig, Path, int], Replica]
 
 Publisher = Callable[[CatalogSnapshot], Awaitable[None]]
 
-VersionPlanner = Callable[[ModelName, Sequence[VersionId]], tuple[tuple[VersionId, ...], VersionId]]
-"""Given the versions on disk, the versions a model serves and its default one."""
+@dataclass(frozen=True, slots=True)
+class VersionPlan:
+    """The versions a model serves, its default one, and the profiles of those that were measured."""
+
+    versions: tuple[VersionId, ...]
+    default: VersionId
+    profiles: Mapping[VersionId, VariantProfile] = field(default_factory=dict)
+
+
+VersionPlanner = Callable[[ModelName, Sequence[VersionId]], VersionPlan]
+"""Given the versions on disk, what the model serves."""
 
 VariantLister = Callable[[ModelName], list[dict[str, Any]]]
 """A model's variants with their profiles, as JSON objects (empty for a model never registered)."""
@@ -44,11 +54,11 @@ def no_variants(name: ModelName) -> list[dict[str, Any]]:
     return []
 
 
-def plan_from_disk(name: ModelName, on_disk: Sequence[VersionId]) -> tuple[tuple[VersionId, ...], VersionId]:
+def plan_from_disk(name: ModelName, on_disk: Sequence[VersionId]) -> VersionPlan:
     """Every version on disk is served; the default is the highest numeric one (else the last)."""
     numeric = [v for v in on_disk if v.isdigit()]
     default = max(numeric, key=int) if numeric else on_disk[-1]
-    return tuple(on_disk), default
+    return VersionPlan(tuple(on_disk), default)
 
 
 @dataclass(slots=True)
@@ -57,10 +67,17 @@ class _Model:
     artifacts: dict[VersionId, Path]
     versions: tuple[VersionId, ...]
     default: VersionId
+    profiles: Mapping[VersionId, VariantProfile]
     running: dict[VersionId, RunningVersion] = field(default_factory=dict)
 
     def published(self) -> LoadedModel:
-        return LoadedModel(self.config, self.versions, self.default, MappingProxyType(dict(self.running)))
+        return LoadedModel(
+            self.config,
+            self.versions,
+            self.default,
+            MappingProxyType(dict(self.running)),
+            MappingProxyType(dict(self.profiles)),
+        )
 
 
 class ModelLifecycle:
@@ -138,9 +155,9 @@ class ModelLifecycle:
 
     def _read(self, name: ModelName) -> _Model:
         entry = self._repository.load(name)
-        versions, default = self._plan(name, list(entry.versions))
-        artifacts = {v: entry.versions[v] for v in versions}
-        return _Model(entry.config, artifacts, versions, default)
+        plan = self._plan(name, list(entry.versions))
+        artifacts = {v: entry.versions[v] for v in plan.versions}
+        return _Model(entry.config, artifacts, plan.versions, plan.default, plan.profiles)
 
     async def _start(self, model: _Model, version: VersionId) -> RunningVersion:
         config = model.config

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sloserve.control.lifecycle import VariantLister, VersionPlanner, plan_from_disk
+from sloserve.control.lifecycle import VariantLister, VersionPlan, VersionPlanner, plan_from_disk
 from sloserve.registry.db import RegistryDB
 from sloserve.types import ModelName, VersionId
 from sloserve.variant import VariantStatus, variant_json
@@ -19,14 +19,16 @@ def registry_planner(db: RegistryDB) -> VersionPlanner:
     Version folders without a ready record (a registration cut short) are never served.
     """
 
-    def plan(name: ModelName, on_disk: Sequence[VersionId]) -> tuple[tuple[VersionId, ...], VersionId]:
+    def plan(name: ModelName, on_disk: Sequence[VersionId]) -> VersionPlan:
         if db.model(name) is None:
             return plan_from_disk(name, on_disk)
-        ready = [VersionId(r.id) for r in db.variants(name) if r.status is VariantStatus.READY and r.id in on_disk]
+        ready = [r for r in db.variants(name) if r.status is VariantStatus.READY and r.id in on_disk and r.profile]
         if not ready:
             return plan_from_disk(name, on_disk)
-        default = REFERENCE_VARIANT if REFERENCE_VARIANT in ready else ready[0]
-        return tuple(ready), default
+        ids = tuple(VersionId(r.id) for r in ready)
+        default = REFERENCE_VARIANT if REFERENCE_VARIANT in ids else ids[0]
+        profiles = {VersionId(r.id): r.profile for r in ready if r.profile is not None}
+        return VersionPlan(ids, default, profiles)
 
     return plan
 
