@@ -1,21 +1,35 @@
-"""Dynamic batching for one model.
+"""Deadline-aware adaptive batching for one running version of a model.
 
-Requests queue here; a single loop merges them into batches of at most
-``max_batch_size`` rows. It is work-conserving: once a replica slot is free it
-dispatches whatever has arrived, waiting at most ``max_queue_delay_s`` after the
-oldest request for more to come (0: no wait). While every replica is busy,
-requests keep merging, so batches grow with load on their own. A batch failure
-fails every request in it with that error. The queue is bounded: past
-``max_queue_size`` waiting requests, new ones are refused at once.
+Requests wait in an earliest-deadline-first queue (requests without a deadline
+after those with one, first come first served). A single loop turns the queue
+into batches:
+
+* it is work-conserving: once a replica slot is free it dispatches what is
+  waiting, holding the oldest request at most ``max_queue_delay_s`` for others,
+  and never past the point where the head could still make its deadline;
+* the batch size adapts by AIMD (Clipper): the limit grows by a few rows after a
+  batch that met every deadline in it and halves after one that missed; the batch
+  actually taken is the largest under the limit whose predicted latency fits the
+  tightest deadline waiting (:mod:`sloserve.policy.batching`);
+* a request that can no longer meet its deadline, even alone, is dropped before
+  compute with DEADLINE_EXCEEDED; it is never answered silently late;
+* the queue is bounded: past ``max_queue_size`` waiting requests new ones are
+  refused at once with RESOURCE_EXHAUSTED.
+
+A batch failure fails every request in it with that error. Latency predictions
+come from :attr:`DynamicBatcher.model`, which the owner keeps current (profile
+times a live correction).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import heapq
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,7 +37,14 @@ import numpy as np
 from sloserve.clock import Clock
 from sloserve.dataplane.replica_set import ReplicaSet
 from sloserve.dataplane.waiting import wait_event
-from sloserve.errors import InternalError, ResourceExhaustedError, SloserveError, UnavailableError
+from sloserve.errors import (
+    DeadlineExceededError,
+    InternalError,
+    ResourceExhaustedError,
+    SloserveError,
+    UnavailableError,
+)
+from sloserve.policy.batching import AimdConfig, LatencyModel, aimd_update, batch_size_for, expired
 from sloserve.replica import Arrays, Replica
 
 Outputs = dict[str, np.ndarray[Any, Any]]
@@ -44,12 +65,38 @@ class RowsResult:
     compute_s: float
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, order=False)
 class _Waiting:
     inputs: Arrays
     rows: int
     enqueued_s: float
+    deadline_s: float | None
     future: asyncio.Future[RowsResult]
+
+
+@dataclass(slots=True)
+class _Queue:
+    """EDF heap of waiting requests: (deadline or +inf, arrival number, request)."""
+
+    heap: list[tuple[float, int, _Waiting]] = field(default_factory=list)
+    rows: int = 0
+    seq: itertools.count[int] = field(default_factory=itertools.count)
+
+    def push(self, waiting: _Waiting) -> None:
+        key = math.inf if waiting.deadline_s is None else waiting.deadline_s
+        heapq.heappush(self.heap, (key, next(self.seq), waiting))
+        self.rows += waiting.rows
+
+    def head(self) -> _Waiting:
+        return self.heap[0][2]
+
+    def pop(self) -> _Waiting:
+        waiting = heapq.heappop(self.heap)[2]
+        self.rows -= waiting.rows
+        return waiting
+
+    def oldest_s(self) -> float:
+        return min(w.enqueued_s for _, _, w in self.heap)
 
 
 BatchObserver = Callable[[int, float], None]
@@ -63,37 +110,52 @@ class DynamicBatcher:
         replicas: ReplicaSet,
         clock: Clock,
         on_batch: BatchObserver | None = None,
+        model: LatencyModel | None = None,
     ) -> None:
         self._spec = spec
         self._replicas = replicas
         self._clock = clock
         self._on_batch = on_batch
-        self._queue: deque[_Waiting] = deque()
-        self._queued_rows = 0
+        self.model = model or LatencyModel(0.0, 0.0)
+        """Predicted batch latency; kept current by the owner."""
+        self._aimd = AimdConfig(max_batch=max(spec.max_batch_size, 1))
+        self.limit = self._aimd.max_batch
+        """The AIMD batch-size limit."""
+        self._queue = _Queue()
         self._arrival = asyncio.Event()
         self._closed = False
         self._running: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self.expired = 0
+        """Requests dropped because they could no longer meet their deadline."""
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._queue.heap)
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queue.rows
+
+    @property
+    def busy(self) -> int:
+        """Batches running on replicas now."""
+        return len(self._running)
 
     def start(self) -> None:
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._loop(), name="batcher")
 
-    def submit(self, inputs: Arrays, rows: int) -> Awaitable[RowsResult]:
+    def submit(self, inputs: Arrays, rows: int, deadline_s: float | None = None) -> asyncio.Future[RowsResult]:
         """Queue a request; the returned future resolves with its own rows' outputs."""
         if self._closed:
             raise UnavailableError("the model is unloading and takes no new requests")
-        if len(self._queue) >= self._spec.max_queue_size:
+        if len(self._queue.heap) >= self._spec.max_queue_size:
             raise ResourceExhaustedError(
                 f"the queue is full ({self._spec.max_queue_size} requests waiting); retry later"
             )
         future: asyncio.Future[RowsResult] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Waiting(inputs, rows, self._clock.now(), future))
-        self._queued_rows += rows
+        self._queue.push(_Waiting(inputs, rows, self._clock.now(), deadline_s, future))
         self._arrival.set()
         return future
 
@@ -108,7 +170,7 @@ class DynamicBatcher:
 
     async def _loop(self) -> None:
         while True:
-            while not self._queue:
+            while not self._queue.heap:
                 if self._closed:
                     return
                 self._arrival.clear()
@@ -123,34 +185,57 @@ class DynamicBatcher:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
+    def _slack_ms(self, now: float) -> float | None:
+        deadline = self._queue.head().deadline_s
+        return None if deadline is None else (deadline - now) * 1e3
+
     async def _wait_window(self) -> None:
-        """Give later requests up to ``max_queue_delay_s`` after the oldest to join it."""
+        """Give later requests up to ``max_queue_delay_s`` to join, never past the head's last moment."""
         delay = self._spec.max_queue_delay_s
         if delay <= 0 or self._spec.max_batch_size == 0:
             return
-        deadline = self._queue[0].enqueued_s + delay
-        while self._queued_rows < self._spec.max_batch_size and not self._closed:
-            remaining = deadline - self._clock.now()
-            if remaining <= 0:
+        while self._queue.heap and self._queue.rows < self.limit and not self._closed:
+            now = self._clock.now()
+            until = self._queue.oldest_s() + delay
+            head = self._queue.head()
+            if head.deadline_s is not None:
+                until = min(until, head.deadline_s - self.model.predict_ms(self._queue.rows) / 1e3)
+            if until <= now:
                 return
             self._arrival.clear()
-            await wait_event(self._arrival, self._clock, remaining)
+            await wait_event(self._arrival, self._clock, until - now)
 
     def _take(self) -> list[_Waiting]:
+        """The next batch in deadline order; requests that can no longer make it are failed here."""
+        now = self._clock.now()
         batch: list[_Waiting] = []
         rows = 0
-        limit = self._spec.max_batch_size
-        while self._queue:
-            head = self._queue[0]
+        size = 0
+        queue = self._queue
+        while queue.heap:
+            head = queue.head()
             if head.future.done():  # the caller gave up (cancelled) while waiting
-                self._queue.popleft()
-                self._queued_rows -= head.rows
+                queue.pop()
                 continue
-            if batch and (limit == 0 or rows + head.rows > limit):
+            if head.deadline_s is not None and expired(now * 1e3, head.deadline_s * 1e3, head.rows, self.model):
+                queue.pop()
+                self.expired += 1
+                _fail(
+                    [head],
+                    DeadlineExceededError(
+                        f"dropped before compute: the request could no longer finish within its latency SLO "
+                        f"(waited {(now - head.enqueued_s) * 1e3:.1f} ms; a batch takes "
+                        f"~{self.model.predict_ms(head.rows):.2f} ms)"
+                    ),
+                )
+                continue
+            if not batch:
+                if self._spec.max_batch_size == 0:
+                    return [queue.pop()]
+                size = batch_size_for(self.limit, queue.rows, self._slack_ms(now), self.model)
+            elif rows + head.rows > size:
                 break
-            self._queue.popleft()
-            self._queued_rows -= head.rows
-            batch.append(head)
+            batch.append(queue.pop())
             rows += head.rows
         return batch
 
@@ -167,6 +252,8 @@ class DynamicBatcher:
         finished = self._clock.now()
         compute_s = finished - started
         rows = sum(w.rows for w in batch)
+        missed = any(w.deadline_s is not None and finished > w.deadline_s for w in batch)
+        self.limit = aimd_update(self.limit, missed, self._aimd)
         if self._on_batch is not None:
             self._on_batch(rows, compute_s)
         _answer(batch, outputs, started, compute_s, split=self._spec.max_batch_size > 0)

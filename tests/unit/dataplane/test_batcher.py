@@ -10,7 +10,14 @@ import pytest
 
 from sloserve.dataplane.batcher import BatchingSpec, DynamicBatcher
 from sloserve.dataplane.replica_set import ReplicaSet
-from sloserve.errors import InternalError, ReplicaDiedError, ResourceExhaustedError, UnavailableError
+from sloserve.errors import (
+    DeadlineExceededError,
+    InternalError,
+    ReplicaDiedError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from sloserve.policy.batching import LatencyModel
 from sloserve.replica import Arrays
 from sloserve.testing import FakeClock, FakeReplica
 from sloserve.testing.fakes import settle
@@ -184,3 +191,96 @@ async def test_close_drains_queued_requests_and_refuses_new_ones() -> None:
     assert all(f.done() for f in futures)  # type: ignore[attr-defined]
     with pytest.raises(UnavailableError):
         batcher.submit(rows(1.0), 1)
+
+
+# ---- deadlines: EDF order, drops before compute, AIMD, a window bounded by the head's deadline ----------
+
+
+async def test_the_queue_is_earliest_deadline_first() -> None:
+    clock = FakeClock()
+    replica = FakeReplica(capacity=1)
+    batcher = make([replica], clock, max_batch=1)
+    blocker = batcher.submit(rows(0.0), 1)
+    await settle()
+    now = clock.now()
+    late = batcher.submit(rows(1.0), 1, deadline_s=now + 10)
+    none = batcher.submit(rows(2.0), 1)
+    soon = batcher.submit(rows(3.0), 1, deadline_s=now + 1)
+    for i in range(4):
+        await settle()
+        replica.complete(i, double(replica.batches[i]))
+    await asyncio.gather(blocker, late, none, soon)
+    order = [float(b["x"][0, 0]) for b in replica.batches]
+    assert order == [0.0, 3.0, 1.0, 2.0]
+
+
+async def test_a_request_that_cannot_make_its_deadline_is_dropped_before_compute() -> None:
+    clock = FakeClock()
+    replica = FakeReplica(capacity=1)
+    batcher = make([replica], clock)
+    batcher.model = LatencyModel(intercept_ms=5.0, per_row_ms=0.0)
+    blocker = batcher.submit(rows(0.0), 1)
+    await settle()
+    doomed = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.008)
+    fine = batcher.submit(rows(2.0), 1, deadline_s=clock.now() + 1.0)
+    await clock.advance(0.004)  # 4 ms pass; a batch takes 5 ms: 4 + 5 > 8
+    replica.complete(0, double(replica.batches[0]))
+    await settle()
+    with pytest.raises(DeadlineExceededError, match="before compute"):
+        await doomed
+    replica.complete(1, double(replica.batches[1]))
+    assert (await fine).outputs["y"][0, 0] == 4.0
+    assert [float(b["x"][0, 0]) for b in replica.batches] == [0.0, 2.0]  # never ran the doomed one
+    assert batcher.expired == 1
+    await blocker
+
+
+async def test_batch_size_shrinks_to_fit_the_tightest_deadline() -> None:
+    clock = FakeClock()
+    replica = FakeReplica(capacity=1)
+    batcher = make([replica], clock, max_batch=32)
+    batcher.model = LatencyModel(intercept_ms=1.0, per_row_ms=1.0)
+    blocker = batcher.submit(rows(0.0), 1)
+    await settle()
+    now = clock.now()
+    futures = [batcher.submit(rows(1.0), 1, deadline_s=now + 0.0045) for _ in range(10)]
+    replica.complete(0, double(replica.batches[0]))
+    await settle()
+    assert replica.batches[1]["x"].shape[0] == 3  # 1 + 1 * 3 = 4 ms <= 4.5 ms of slack
+    for i in range(1, 5):
+        if i < len(replica.batches):
+            replica.complete(i, double(replica.batches[i]))
+        await settle()
+    await blocker
+    assert sum(f.done() for f in futures) >= 3
+
+
+async def test_aimd_halves_the_limit_after_a_miss_and_grows_after_a_hit() -> None:
+    clock = FakeClock()
+    replica = FakeReplica(capacity=1)
+    batcher = make([replica], clock, max_batch=32)
+    assert batcher.limit == 32
+    late = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.001)
+    await settle()
+    await clock.advance(0.002)  # the batch finishes after its deadline
+    replica.complete(0, double(replica.batches[0]))
+    await late
+    assert batcher.limit == 16
+    on_time = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 1.0)
+    await settle()
+    replica.complete(1, double(replica.batches[1]))
+    await on_time
+    assert batcher.limit == 20
+
+
+async def test_the_window_never_holds_the_head_past_its_deadline() -> None:
+    clock = FakeClock()
+    replica = FakeReplica(compute=double)
+    batcher = make([replica], clock, max_batch=8, delay_s=1.0)
+    batcher.model = LatencyModel(intercept_ms=2.0, per_row_ms=0.0)
+    fut = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.010)
+    await clock.advance(0.007)
+    assert replica.batches == []
+    await clock.advance(0.0011)  # 8.1 ms: the head must go now to finish by 10 ms
+    assert len(replica.batches) == 1
+    await fut
