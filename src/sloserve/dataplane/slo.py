@@ -1,0 +1,64 @@
+"""A request's SLO from its ``parameters``, over the model's defaults.
+
+Request parameters (HTTP JSON ``parameters`` or gRPC ``InferParameter``):
+
+* ``latency_slo_ms`` (> 0): the answer must leave the server within this many ms;
+* ``min_accuracy`` (0-1): only variants at least this accurate may serve it;
+* ``best_effort`` (bool): serve the closest variant rather than refuse an SLO none can meet.
+
+Numbers may also come as strings ("0.97"): tritonclient's gRPC client cannot send
+float parameters. Defaults when a request states none: the model's
+``default_slo`` from its config; without one, no latency bound and, for a
+registered model, accuracy within :data:`DEFAULT_ACCURACY_TOLERANCE` of the
+``fp32`` reference, so the cheapest variant that is nearly as accurate serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sloserve.errors import InvalidArgumentError
+from sloserve.model_config import SloConfig
+from sloserve.policy.selection import Slo
+
+DEFAULT_ACCURACY_TOLERANCE = 0.01
+LATENCY_SLO = "latency_slo_ms"
+MIN_ACCURACY = "min_accuracy"
+BEST_EFFORT = "best_effort"
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool):
+        raise InvalidArgumentError(f"parameter {name} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"parameter {name} must be a number, got {value!r}") from None
+
+
+def _flag(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise InvalidArgumentError(f"parameter {name} must be true or false, got {value!r}")
+
+
+def request_slo(parameters: Mapping[str, Any], default: SloConfig, reference_accuracy: float | None) -> Slo:
+    latency = default.latency_slo_ms
+    if LATENCY_SLO in parameters:
+        latency = _number(parameters[LATENCY_SLO], LATENCY_SLO)
+        if not latency > 0:
+            raise InvalidArgumentError(f"parameter {LATENCY_SLO} must be > 0 (milliseconds), got {latency:g}")
+    accuracy = default.min_accuracy
+    if accuracy is None and reference_accuracy is not None:
+        accuracy = max(0.0, reference_accuracy - DEFAULT_ACCURACY_TOLERANCE)
+    if MIN_ACCURACY in parameters:
+        accuracy = _number(parameters[MIN_ACCURACY], MIN_ACCURACY)
+        if not 0.0 <= accuracy <= 1.0:
+            raise InvalidArgumentError(f"parameter {MIN_ACCURACY} must be between 0 and 1, got {accuracy:g}")
+    best_effort = _flag(parameters[BEST_EFFORT], BEST_EFFORT) if BEST_EFFORT in parameters else False
+    return Slo(latency_ms=latency, min_accuracy=accuracy, best_effort=best_effort)
