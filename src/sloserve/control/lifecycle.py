@@ -34,6 +34,7 @@ ReplicaFactory = Callable[[ModelConfig, Path, int], Replica]
 
 Publisher = Callable[[CatalogSnapshot], Awaitable[None]]
 
+
 @dataclass(frozen=True, slots=True)
 class VersionPlan:
     """The versions a model serves, its default one, and the profiles of those that were measured."""

@@ -98,6 +98,6 @@ def choose_variant(
     if not isinstance(idle, Choice):
         raise InvalidArgumentError(
             f"no variant can meet latency_slo_ms={slo.latency_ms} and min_accuracy={slo.min_accuracy} "
-            f"even on an idle server: {describe(idle)}. Relax the SLO or send \\"best_effort\\": true"
+            f'even on an idle server: {describe(idle)}. Relax the SLO or send "best_effort": true'
         )
     raise ResourceExhaustedError(f"overloaded: {describe(choice)}; retry later")

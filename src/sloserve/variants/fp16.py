@@ -35,7 +35,7 @@ _NOT_IMPLEMENTED = re.compile(r"Could not find an implementation for (\w+)\(\d+\
 
 
 def build_fp16(source: RecipeInput, path: Path) -> Built:
-    from onnxconverter_common import float16  # type: ignore[import-untyped]  # no stubs, no py.typed
+    from onnxconverter_common import float16
 
     reference = load_reference(source)
     if not any(init.data_type == TensorProto.FLOAT for init in reference.graph.initializer):

@@ -1,0 +1,63 @@
+"""Which replica of a version takes the next batch.
+
+The caller passes the outstanding work (reserved batch slots) of the replicas
+that can take a batch now (healthy, with a free slot) and gets back an index
+into that list. Two policies:
+
+- :func:`choose_least_loaded`: the minimum, ties broken at random. Needs an exact
+  view of every replica's load, which one frontend has.
+- :func:`choose_power_of_two`: sample two distinct replicas, take the less
+  loaded (Mitzenmacher). Needs only two loads per decision, so it stays good when
+  several frontends route with stale views, at the price of sometimes passing
+  over the least loaded replica.
+
+``benchmarks/tail.py`` compares them (three replicas, one straggling);
+:data:`DEFAULT_ROUTING` is the one that measured better here.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Sequence
+
+
+class Routing(enum.Enum):
+    LEAST_LOADED = "least_loaded"
+    POWER_OF_TWO = "power_of_two"
+
+
+DEFAULT_ROUTING = Routing.LEAST_LOADED
+"""Measured in ``benchmarks/tail.py`` (see the module docstring there): with one frontend holding
+exact loads, least-loaded never sends a batch to a replica busier than another free one; p2c did so
+and its p99 with a straggler was no better."""
+
+
+def choose_least_loaded(loads: Sequence[int], rng: random.Random) -> int:
+    """Index of a least-loaded entry of ``loads`` (non-empty), a uniformly random one among ties."""
+    best = min(loads)
+    ties = [i for i, load in enumerate(loads) if load == best]
+    return ties[0] if len(ties) == 1 else ties[rng.randrange(len(ties))]
+
+
+def choose_power_of_two(loads: Sequence[int], rng: random.Random) -> int:
+    """Index of the less loaded of two distinct entries of ``loads`` (non-empty) drawn at random."""
+    n = len(loads)
+    if n == 1:
+        return 0
+    first = rng.randrange(n)
+    second = rng.randrange(n - 1)
+    if second >= first:
+        second += 1
+    if loads[second] < loads[first]:
+        return second
+    return first
+
+
+def choose_replica(loads: Sequence[int], rng: random.Random, routing: Routing = DEFAULT_ROUTING) -> int:
+    """The index (into ``loads``) of the replica that takes the next batch."""
+    if not loads:
+        raise ValueError("no replica to choose from")
+    if routing is Routing.POWER_OF_TWO:
+        return choose_power_of_two(loads, rng)
+    return choose_least_loaded(loads, rng)
