@@ -6,7 +6,10 @@ sends the worker a small control message (:class:`RunRequest`: sequence number,
 slot, segment name and, per tensor, dtype, shape, offset and size) over a pipe.
 The worker maps the slot, hands zero-copy views to ONNX Runtime, writes the
 outputs after the inputs and answers with a :class:`RunReply` that describes
-them; the parent copies them out before the slot is reused.
+them; the parent copies them out before the slot is reused. A :class:`Cancel`
+for a batch the worker has not started makes it answer :class:`Dropped` instead
+(a hedged batch whose twin already won); a started batch is answered as usual
+and the parent discards its outputs.
 
 Slot layout, every tensor starting on a 64-byte boundary::
 
@@ -110,9 +113,21 @@ class Shutdown(NamedTuple):
     """Parent to worker: finish and exit."""
 
 
-Message = RunRequest | RunReply | Ready | LoadFailed | Shutdown
+class Cancel(NamedTuple):
+    """Parent to worker: drop batch ``seq`` if it has not started (else it runs and is answered as usual)."""
 
-_RUN, _REPLY, _READY, _LOAD_FAILED, _SHUTDOWN = range(5)
+    seq: int
+
+
+class Dropped(NamedTuple):
+    """Worker to parent: batch ``seq`` was cancelled before it started; its slot is free."""
+
+    seq: int
+
+
+Message = RunRequest | RunReply | Ready | LoadFailed | Shutdown | Cancel | Dropped
+
+_RUN, _REPLY, _READY, _LOAD_FAILED, _SHUTDOWN, _CANCEL, _DROPPED = range(7)
 
 
 def _specs_to_wire(specs: Sequence[TensorSpec]) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
@@ -135,6 +150,10 @@ def encode(msg: Message) -> bytes:
         wire = (_READY, _specs_to_wire(msg.inputs), _specs_to_wire(msg.outputs))
     elif isinstance(msg, LoadFailed):
         wire = (_LOAD_FAILED, msg.code, msg.message)
+    elif isinstance(msg, Cancel):
+        wire = (_CANCEL, msg.seq)
+    elif isinstance(msg, Dropped):
+        wire = (_DROPPED, msg.seq)
     else:
         wire = (_SHUTDOWN,)
     return pickle.dumps(wire, protocol=_PROTOCOL)
@@ -158,6 +177,10 @@ def decode(data: bytes) -> Message:
             return LoadFailed(wire[1], wire[2])
         if tag == _SHUTDOWN:
             return Shutdown()
+        if tag == _CANCEL:
+            return Cancel(int(wire[1]))
+        if tag == _DROPPED:
+            return Dropped(int(wire[1]))
     except Exception as exc:
         raise InternalError(f"malformed worker message: {type(exc).__name__}: {exc}") from None
     raise InternalError(f"malformed worker message: unknown tag {tag!r}")

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sloserve.control.validation_set import ValidationSet, infer_task, load_validation
+from sloserve.control.validation_set import ValidationSet, infer_task, load_validation, split_validation
 from sloserve.errors import InvalidArgumentError, NotFoundError, SloserveError
 from sloserve.model_config import ModelConfig, validate_model_name
 from sloserve.policy.pareto import pareto_flags
@@ -119,7 +119,8 @@ class Registrar:
             input_datatype=options.input_datatype,
             max_batch_size=options.max_batch_size,
         )
-        validation = load_validation(options.validation, config) if options.validation else None
+        loaded = load_validation(options.validation, config) if options.validation else None
+        calibration, validation = split_validation(loaded) if loaded else (None, None)
         labels = validation.labels if validation else None
         task = options.task or infer_task(config, labels)
 
@@ -156,7 +157,9 @@ class Registrar:
                 assert record is not None
                 progress.recipe_finished(record)
                 continue
-            record = await self._build(model, config, recipe, reference, validation, labels, reference_outputs, task)
+            record = await self._build(
+                model, config, recipe, reference, calibration, validation, reference_outputs, task
+            )
             self._db.record_variant(record)
             self._db.log_event(model, "variant", f"{recipe}: {record.status.value} {record.reason}".strip())
             progress.recipe_finished(record)
@@ -178,8 +181,8 @@ class Registrar:
         config: ModelConfig,
         recipe: str,
         reference: Path,
+        calibration: ValidationSet | None,
         validation: ValidationSet | None,
-        labels: np.ndarray[Any, Any] | None,
         reference_outputs: dict[str, np.ndarray[Any, Any]] | None,
         task: Task,
     ) -> VariantRecord:
@@ -191,11 +194,12 @@ class Registrar:
             status=VariantStatus.FAILED,
             parent=None if variant == REFERENCE else REFERENCE,
         )
-        calibration = validation.inputs if validation else {}
         with tempfile.TemporaryDirectory(prefix="sloserve-recipe-") as tmp:
             out = Path(tmp) / "model.onnx"
             try:
-                built = RECIPES[recipe](RecipeInput(reference, config, calibration, task), out)
+                built = RECIPES[recipe](
+                    RecipeInput(reference, config, calibration.inputs if calibration else {}, task), out
+                )
             except RecipeSkipped as skipped:
                 return replace(base, status=VariantStatus.SKIPPED, reason=str(skipped))
             except Exception as error:  # a crashing recipe is recorded; the others go on
@@ -211,7 +215,7 @@ class Registrar:
                 artifact,
                 config,
                 validation=validation.inputs if validation else None,
-                labels=labels,
+                labels=validation.labels if validation else None,
                 reference_outputs=reference_outputs,
                 task=task,
                 settings=self._settings,
@@ -254,7 +258,7 @@ class Registrar:
         local = self._repository.root / model / VALIDATION_FILE
         if local.is_file():
             validation_path = local
-        validation = load_validation(validation_path, config) if validation_path else None
+        validation = split_validation(load_validation(validation_path, config))[1] if validation_path else None
         reference = self._repository.artifact(model, FIRST_VERSION)
         reference_outputs = await reference_outputs_of(reference, config, validation.inputs) if validation else None
         records = [r for r in self._db.variants(model) if r.status is VariantStatus.READY]

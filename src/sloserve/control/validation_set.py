@@ -77,3 +77,24 @@ def infer_task(config: ModelConfig, labels: np.ndarray[Any, Any] | None) -> Task
     if labels is not None:
         return Task.REGRESSION
     return Task.OTHER
+
+
+MIN_ROWS_TO_SPLIT = 20
+
+
+def split_validation(validation: ValidationSet) -> tuple[ValidationSet, ValidationSet]:
+    """(calibration, scoring) halves: even rows calibrate and train recipes, odd rows measure accuracy.
+
+    Recipes that fit to their calibration data (static quantization, the pruned layers' refit, the
+    distilled student) would otherwise be scored on the rows they were fit to. Sets too small to
+    halve are used whole for both.
+    """
+    if validation.rows < MIN_ROWS_TO_SPLIT:
+        return validation, validation
+
+    def half(start: int) -> ValidationSet:
+        inputs = {k: np.ascontiguousarray(v[start::2]) for k, v in validation.inputs.items()}
+        labels = None if validation.labels is None else validation.labels[start::2]
+        return ValidationSet(inputs, labels, len(range(start, validation.rows, 2)))
+
+    return half(0), half(1)
