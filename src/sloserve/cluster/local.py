@@ -18,6 +18,14 @@ When the worker dies, every batch in flight fails with ``ReplicaDiedError``
 (the caller may retry elsewhere), its slots are unlinked, and a new worker is
 started in the background with exponential backoff.
 
+Cancelling a ``run`` (a hedged batch whose twin won) tells the worker to drop the
+batch if it has not started; ``run`` then waits until the worker has dropped or
+answered it before it lets the cancellation through, so a caller that counts
+slots sees this one busy exactly as long as the worker is.
+
+Faults (:class:`~sloserve.cluster.faults.FaultSpec`: stragglers, crashes) are
+injected in the worker only when the code that builds the replica passes them.
+
 Spawn re-imports the parent's ``__main__`` module in every worker (as
 ``__mp_main__``) before :func:`worker.main` runs: keep entry-point modules
 cheap to import, or every worker pays for (and holds) what they import.
@@ -46,6 +54,7 @@ import numpy as np
 
 from sloserve.clock import Clock, SystemClock
 from sloserve.cluster import shm, worker
+from sloserve.cluster.faults import FaultSpec
 from sloserve.errors import (
     InternalError,
     InvalidArgumentError,
@@ -77,6 +86,9 @@ class _Call:
     future: asyncio.Future[_Outputs]
     slot: int
     rows: int
+    seq: int
+    settled: asyncio.Future[None] | None = None
+    """Created by a cancel: resolved when the worker has answered or dropped the batch, or died."""
 
 
 class _Worker:
@@ -110,6 +122,7 @@ class _Worker:
         self._output_names: tuple[str, ...] = ()
         self._closed = False  # no new work; pending failed
         self._shutdown_task: asyncio.Task[None] | None = None
+        self.dropped = 0
         self._loop.add_reader(conn.fileno(), self._on_readable)
         self._loop.add_reader(proc.sentinel, self._on_exit)
 
@@ -210,8 +223,8 @@ class _Worker:
                 return
         self._free.append(slot)
 
-    def submit(self, slot: int, inputs: Arrays, output_names: Sequence[str]) -> asyncio.Future[_Outputs]:
-        """Write a batch into ``slot`` and send it; the future resolves with its outputs."""
+    def submit(self, slot: int, inputs: Arrays, output_names: Sequence[str]) -> _Call:
+        """Write a batch into ``slot`` and send it; the call's future resolves with its outputs."""
         if self._closed or self._slots is None:
             raise self._gone_error()
         packed = shm.pack(inputs.items())
@@ -228,8 +241,23 @@ class _Worker:
             self._die("its pipe broke")
             raise self._gone_error() from None
         future: asyncio.Future[_Outputs] = self._loop.create_future()
-        self._pending[seq] = _Call(future, slot, rows)
-        return future
+        call = _Call(future, slot, rows, seq)
+        self._pending[seq] = call
+        return call
+
+    def cancel(self, call: _Call) -> asyncio.Future[None]:
+        """Ask the worker to drop ``call`` if it has not started; the result resolves once the
+        worker has dropped or answered it (or died)."""
+        if call.settled is None:
+            call.settled = self._loop.create_future()
+            if self._pending.get(call.seq) is not call:
+                call.settled.set_result(None)
+            else:
+                try:
+                    self._conn.send_bytes(shm.encode(shm.Cancel(call.seq)))
+                except (OSError, ValueError):
+                    pass  # the pipe broke: the death handler settles it
+        return call.settled
 
     # ------------------------------------------------------------ events
 
@@ -288,6 +316,16 @@ class _Worker:
                     call.future.set_exception(result)
                 else:
                     call.future.set_result(result)
+            _settle(call)
+        elif isinstance(msg, shm.Dropped):
+            call = self._pending.pop(msg.seq, None)
+            if call is None:
+                return
+            self.dropped += 1
+            self.release(call.slot)
+            if not call.future.done():
+                call.future.set_exception(UnavailableError(f"replica {self._replica_id}: the batch was cancelled"))
+            _settle(call)
         elif self._ready.done():
             return
         elif isinstance(msg, shm.Ready):
@@ -331,6 +369,7 @@ class _Worker:
         for call in self._pending.values():
             if not call.future.done():
                 call.future.set_exception(error(f"{message} while running a batch"))
+            _settle(call)
         self._pending.clear()
         for waiter in self._waiters:
             if not waiter.done():
@@ -347,6 +386,11 @@ class _Worker:
 
 def _ignore_death(worker: _Worker) -> None:
     return None
+
+
+def _settle(call: _Call) -> None:
+    if call.settled is not None and not call.settled.done():
+        call.settled.set_result(None)
 
 
 def _describe_exit(exitcode: int | None) -> str:
@@ -367,7 +411,8 @@ class LocalReplica:
     one the next is already waiting. ``run`` with no output names returns every
     output; the arrays it returns are the caller's own (copied out of the slot).
     A worker that dies is restarted up to ``max_restart_attempts`` times in a row,
-    waiting ``restart_backoff_s`` doubled at each attempt.
+    waiting ``restart_backoff_s`` doubled at each attempt. ``faults`` injects
+    stragglers or crashes in the worker (tests and benchmarks; None: none).
     """
 
     def __init__(
@@ -383,6 +428,7 @@ class LocalReplica:
         max_restart_attempts: int = 5,
         restart_backoff_s: float = 0.1,
         clock: Clock | None = None,
+        faults: FaultSpec | None = None,
     ) -> None:
         if capacity < 1 or max_batch_rows < 1 or intra_op_threads < 1:
             raise InvalidArgumentError("capacity, max_batch_rows and intra_op_threads must be at least 1")
@@ -400,6 +446,8 @@ class LocalReplica:
         self._worker: _Worker | None = None
         self._restart_task: asyncio.Task[None] | None = None
         self._restarts = 0
+        self._faults = faults if faults is not None and faults.active else None
+        self._dropped_before = 0
 
     # ------------------------------------------------------------ Replica protocol
 
@@ -434,6 +482,12 @@ class LocalReplica:
         """Workers started to replace one that died (attempts, successful or not)."""
         return self._restarts
 
+    @property
+    def dropped(self) -> int:
+        """Batches cancelled while still queued in a worker, which the worker then never ran."""
+        current = self._worker.dropped if self._worker is not None else 0
+        return self._dropped_before + current
+
     async def start(self) -> None:
         if self._state is _State.READY:
             return
@@ -455,11 +509,17 @@ class LocalReplica:
             raise UnavailableError(f"replica {self._id} is {self._state.value}")
         slot = await worker.acquire()
         try:
-            future = worker.submit(slot, inputs, output_names)
+            call = worker.submit(slot, inputs, output_names)
         except BaseException:
             worker.release(slot)
             raise
-        return await future
+        try:
+            return await call.future
+        except asyncio.CancelledError:
+            # Dropped if still queued, else it runs and the answer is discarded. Either way
+            # the slot stays busy until the worker says so.
+            await asyncio.shield(worker.cancel(call))
+            raise
 
     async def stop(self) -> None:
         if self._state is _State.STOPPED:
@@ -481,7 +541,7 @@ class LocalReplica:
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         proc = ctx.Process(
             target=worker.main,
-            args=(child_conn, str(self._model_path), self._intra_op_threads),
+            args=(child_conn, str(self._model_path), self._intra_op_threads, self._faults),
             name=f"sloserve-{self._id}",
             daemon=True,
         )
@@ -499,6 +559,8 @@ class LocalReplica:
             parent_conn.close()
             raise UnavailableError(f"replica {self._id} was stopped while starting")
         current = _Worker(self._id, proc, parent_conn, self._on_worker_death)
+        if self._worker is not None:
+            self._dropped_before += self._worker.dropped
         self._worker = current
         try:
             await current.wait_ready(self._start_timeout_s, self._capacity, self._max_batch_rows)

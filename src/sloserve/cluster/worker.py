@@ -9,6 +9,12 @@ time, in the order they arrive, until it reads a shutdown message or the
 parent's end of the pipe closes. A model error becomes a ``(code, message)``
 reply and the worker keeps serving.
 
+Before it starts a batch the worker reads every message already waiting on the
+pipe (one ``poll`` syscall when there is none), so a
+:class:`~sloserve.cluster.shm.Cancel` for a batch still queued behind the current
+one drops it (answered :class:`~sloserve.cluster.shm.Dropped`). Injected faults
+(:mod:`sloserve.cluster.faults`), when given, apply just before a batch starts.
+
 This module imports only the standard library at the top: the spawned child
 imports it to find :func:`main`, and numpy must not load before the thread
 limits are in the environment.
@@ -24,7 +30,8 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
-    from sloserve.cluster.shm import RunReply, RunRequest
+    from sloserve.cluster.faults import FaultSpec
+    from sloserve.cluster.shm import Message, RunReply, RunRequest
     from sloserve.runtime.session import OnnxSession
 
 THREAD_ENV_VARS: Final = (
@@ -37,7 +44,7 @@ THREAD_ENV_VARS: Final = (
 """Set to 1 in the worker: ONNX Runtime has its own pool, sized by ``intra_op_threads``."""
 
 
-def main(conn: Connection, model_path: str, intra_op_threads: int) -> None:
+def main(conn: Connection, model_path: str, intra_op_threads: int, faults: FaultSpec | None = None) -> None:
     """Entry point of the worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for var in THREAD_ENV_VARS:
@@ -58,15 +65,24 @@ def main(conn: Connection, model_path: str, intra_op_threads: int) -> None:
         conn.send_bytes(shm.encode(shm.LoadFailed(*error.to_wire())))
         return
     conn.send_bytes(shm.encode(shm.Ready(session.inputs, session.outputs)))
-    _serve(conn, session)
+    _serve(conn, session, faults)
 
 
-def _serve(conn: Connection, session: OnnxSession) -> None:
+def _serve(conn: Connection, session: OnnxSession, faults: FaultSpec | None = None) -> None:
     """Answer run requests in order until told to stop or the parent goes away."""
+    import select
+    from collections import deque
+
     from sloserve.cluster import shm
+    from sloserve.cluster.faults import FaultInjector
     from sloserve.errors import InternalError, SloserveError
 
     slots = shm.AttachedSlots()
+    injector = FaultInjector(faults) if faults is not None and faults.active else None
+    queue: deque[RunRequest] = deque()
+    waiting = select.poll()
+    waiting.register(conn.fileno(), select.POLLIN)
+    stopping = False
 
     def run(req: RunRequest) -> RunReply:
         try:
@@ -89,19 +105,35 @@ def _serve(conn: Connection, session: OnnxSession) -> None:
             error = InternalError(f"worker failed to run a batch: {type(exc).__name__}: {exc}")
             return shm.RunReply(req.seq, (), (), error.to_wire())
 
+    def take(msg: Message) -> None:
+        nonlocal stopping
+        if isinstance(msg, shm.RunRequest):
+            queue.append(msg)
+        elif isinstance(msg, shm.Cancel):
+            for index, queued in enumerate(queue):
+                if queued.seq == msg.seq:
+                    del queue[index]
+                    conn.send_bytes(shm.encode(shm.Dropped(msg.seq)))
+                    break
+        elif isinstance(msg, shm.Shutdown):
+            stopping = True  # answer what is queued, then exit
+
     try:
         while True:
-            try:
-                msg = shm.decode(conn.recv_bytes())
-            except (EOFError, OSError):
-                return  # the parent is gone
-            if isinstance(msg, shm.Shutdown):
-                return
-            if isinstance(msg, shm.RunRequest):
-                try:
-                    conn.send_bytes(shm.encode(run(msg)))
-                except OSError:
+            if not queue:
+                if stopping:
                     return
+                take(shm.decode(conn.recv_bytes()))
+            while not stopping and waiting.poll(0):
+                take(shm.decode(conn.recv_bytes()))
+            if not queue:
+                continue
+            request = queue.popleft()
+            if injector is not None:
+                injector.before_batch()
+            conn.send_bytes(shm.encode(run(request)))
+    except (EOFError, OSError):
+        return  # the parent is gone
     finally:
         slots.close()
         conn.close()
