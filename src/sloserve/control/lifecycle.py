@@ -160,17 +160,49 @@ class ModelLifecycle:
         artifacts = {v: entry.versions[v] for v in plan.versions}
         return _Model(entry.config, artifacts, plan.versions, plan.default, plan.profiles)
 
-    async def _start(self, model: _Model, version: VersionId) -> RunningVersion:
+    async def _start(self, model: _Model, version: VersionId, count: int | None = None) -> RunningVersion:
+        replicas = await self._start_replicas(model, version, range(count or model.config.instance_count))
+        log.info("model %s version %s: %d replica(s) running", model.config.name, version, len(replicas))
+        return RunningVersion(version, replicas)
+
+    async def _start_replicas(self, model: _Model, version: VersionId, indexes: range) -> tuple[Replica, ...]:
         config = model.config
         artifact = model.artifacts[version]
-        replicas = tuple(self._make_replica(config, artifact, i) for i in range(config.instance_count))
+        replicas = tuple(self._make_replica(config, artifact, i) for i in indexes)
         results = await asyncio.gather(*(r.start() for r in replicas), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             await _stop_all([RunningVersion(version, replicas)])
             raise errors[0]
-        log.info("model %s version %s: %d replica(s) running", config.name, version, len(replicas))
-        return RunningVersion(version, replicas)
+        return replicas
+
+    async def scale(self, name: str, version: str, replicas: int) -> None:
+        """Run ``replicas`` replicas of a served version (0 stops it; the default version keeps one)."""
+        async with self._lock:
+            model = self._models.get(ModelName(name))
+            wanted = VersionId(version)
+            if model is None or wanted not in model.versions:
+                raise NotFoundError(f"model {name!r} has no served version {version!r}")
+            if wanted == model.default:
+                replicas = max(1, replicas)
+            current = model.running.get(wanted)
+            have = len(current.replicas) if current else 0
+            if replicas == have:
+                return
+            if replicas > have:
+                added = await self._start_replicas(model, wanted, range(have, replicas))
+                model.running[wanted] = RunningVersion(wanted, (current.replicas if current else ()) + added)
+                await self._announce()
+                return
+            assert current is not None
+            kept, dropped = current.replicas[:replicas], current.replicas[replicas:]
+            if kept:
+                model.running[wanted] = RunningVersion(wanted, kept)
+            else:
+                del model.running[wanted]
+            await self._announce()  # the data plane stops routing new batches to them
+            await _drain(dropped)
+            await _stop_all([RunningVersion(wanted, dropped)])
 
     async def ensure_running(self, name: str, version: str) -> None:
         """Start replicas for a served version that is not running yet (a cold start)."""
@@ -206,6 +238,14 @@ class ModelLifecycle:
             await self._announce()
             for model in models:
                 await _stop_all(model.running.values())
+
+
+async def _drain(replicas: Sequence[Replica], timeout_s: float = 30.0, poll_s: float = 0.01) -> None:
+    """Wait (bounded) until replicas taken out of service have answered what they were running."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while any(r.outstanding for r in replicas) and loop.time() < deadline:
+        await asyncio.sleep(poll_s)
 
 
 async def _stop_all(running: Iterable[RunningVersion]) -> None:

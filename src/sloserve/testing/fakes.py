@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from sloserve.clock import Clock
+from sloserve.errors import ReplicaDiedError
 from sloserve.replica import Arrays
 from sloserve.types import ReplicaId
 
@@ -61,7 +63,11 @@ class FakeReplica:
 
     Each call to :meth:`run` records its inputs in ``batches`` and waits on a
     future the test resolves with :meth:`complete` / :meth:`fail`, or, when
-    ``compute`` is given, answers at once with ``compute(inputs)``.
+    ``compute`` is given, answers with ``compute(inputs)``: at once, or after
+    ``delay_s`` (seconds, or a function of the batch index) of ``clock`` time.
+    Setting ``crashing`` makes every later batch fail with ReplicaDiedError (after
+    its delay) and the replica unhealthy. A run cancelled by its caller is
+    recorded in ``cancelled`` (batch indexes), one that answered in ``answered``.
     """
 
     def __init__(
@@ -69,12 +75,21 @@ class FakeReplica:
         replica_id: str = "fake-0",
         capacity: int = 1,
         compute: Callable[[Arrays], dict[str, np.ndarray[Any, Any]]] | None = None,
+        *,
+        clock: Clock | None = None,
+        delay_s: float | Callable[[int], float] = 0.0,
     ) -> None:
         self._id = ReplicaId(replica_id)
         self._capacity = capacity
         self._compute = compute
+        self._clock = clock
+        self._delay_s = delay_s
         self.healthy_flag = True
+        self.crashing = False
         self.batches: list[Arrays] = []
+        self.cancelled: list[int] = []
+        self.answered: list[int] = []
+        self._running = 0
         self._pending: list[asyncio.Future[dict[str, np.ndarray[Any, Any]]]] = []
 
     @property
@@ -87,7 +102,7 @@ class FakeReplica:
 
     @property
     def outstanding(self) -> int:
-        return sum(1 for f in self._pending if not f.done())
+        return self._running + sum(1 for f in self._pending if not f.done())
 
     @property
     def capacity(self) -> int:
@@ -97,12 +112,35 @@ class FakeReplica:
         return None
 
     async def run(self, inputs: Arrays, output_names: Sequence[str]) -> dict[str, np.ndarray[Any, Any]]:
+        index = len(self.batches)
         self.batches.append(dict(inputs))
-        if self._compute is not None:
+        try:
+            if self._compute is not None:
+                outputs = await self._computed(index, inputs)
+            else:
+                fut: asyncio.Future[dict[str, np.ndarray[Any, Any]]] = asyncio.get_running_loop().create_future()
+                self._pending.append(fut)
+                outputs = await fut
+        except asyncio.CancelledError:
+            self.cancelled.append(index)
+            raise
+        self.answered.append(index)
+        return outputs
+
+    async def _computed(self, index: int, inputs: Arrays) -> dict[str, np.ndarray[Any, Any]]:
+        assert self._compute is not None
+        self._running += 1
+        try:
+            delay = self._delay_s(index) if callable(self._delay_s) else self._delay_s
+            if delay > 0:
+                assert self._clock is not None, "a FakeReplica with a delay needs a clock"
+                await self._clock.sleep(delay)
+            if self.crashing:
+                self.healthy_flag = False
+                raise ReplicaDiedError(f"replica {self._id} crashed")
             return self._compute(inputs)
-        fut: asyncio.Future[dict[str, np.ndarray[Any, Any]]] = asyncio.get_running_loop().create_future()
-        self._pending.append(fut)
-        return await fut
+        finally:
+            self._running -= 1
 
     def complete(self, index: int, outputs: dict[str, np.ndarray[Any, Any]]) -> None:
         self._pending[index].set_result(outputs)
