@@ -1,0 +1,160 @@
+"""Model-less serving over HTTP and gRPC: SLOs choose the variant; admission refuses what cannot be served."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import resource
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import tritonclient.grpc as grpcclient
+
+from sloserve.control.registration import RegisterOptions, Registrar
+from sloserve.profiling.profiler import ProfileSettings
+from sloserve.registry.db import RegistryDB
+from sloserve.registry.repository import ModelRepository
+from sloserve.runtime.demo import build_digits
+from sloserve.variant import VariantRecord, VariantStatus
+from tests.integration.serverkit import ServerThread
+
+FAST = ProfileSettings(batch_sizes=(1, 4, 16, 64), warmup=3, min_samples=5, seconds_per_batch=0.03)
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[VariantRecord], np.ndarray[Any, Any]]:
+    base = tmp_path_factory.mktemp("slo")
+    report = build_digits(ModelRepository(base / "scratch"))
+    repo, home = base / "repo", base / "home"
+    with RegistryDB(home / "registry.sqlite3", repo) as db:
+        registrar = Registrar(ModelRepository(repo), db, profile_settings=FAST)
+        records = asyncio.run(
+            registrar.register(report.model_path, "digits", RegisterOptions(validation=report.validation_path))
+        )
+    x = np.load(report.validation_path)["X"].astype(np.float32)
+    return repo, home, [r for r in records if r.status is VariantStatus.READY], x
+
+
+@pytest.fixture(scope="module")
+def server(family: tuple[Path, Path, list[VariantRecord], Any]) -> Iterator[ServerThread]:
+    repo, home, _, _ = family
+    running = ServerThread(repo, home=home).start()
+    yield running
+    running.stop()
+
+
+def infer(server: ServerThread, x: np.ndarray[Any, Any], **parameters: Any) -> httpx.Response:
+    body = {
+        "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
+        "parameters": parameters,
+    }
+    return httpx.post(f"http://{server.http_url}/v2/models/digits/infer", content=orjson.dumps(body), timeout=30)
+
+
+def cheapest(records: list[VariantRecord], min_accuracy: float) -> str:
+    eligible = [
+        r for r in records if r.profile and r.profile.accuracy is not None and r.profile.accuracy >= min_accuracy
+    ]
+    return min(eligible, key=lambda r: r.profile.cost_cpu_s_per_1k).id  # type: ignore[union-attr]
+
+
+def test_loose_and_tight_slos_choose_different_variants_and_say_so(server: ServerThread, family: Any) -> None:
+    _, _, records, x = family
+    accuracies = sorted({r.profile.accuracy for r in records if r.profile and r.profile.accuracy is not None})
+    tight_accuracy, loose_accuracy = accuracies[-1], accuracies[0]
+    tight = infer(server, x[:1], latency_slo_ms=50, min_accuracy=tight_accuracy)
+    loose = infer(server, x[:1], latency_slo_ms=50, min_accuracy=loose_accuracy)
+    assert tight.status_code == 200 and loose.status_code == 200, (tight.text, loose.text)
+    t, lo = tight.json()["parameters"], loose.json()["parameters"]
+    assert t["variant"] == cheapest(records, tight_accuracy)
+    assert lo["variant"] == cheapest(records, loose_accuracy)
+    assert t["variant"] != lo["variant"]
+    for p in (t, lo):
+        assert p["slo_met"] is True and p["queue_ms"] >= 0 and p["compute_ms"] > 0
+    assert tight.json()["model_version"] == t["variant"]
+
+
+def test_pinning_a_version_skips_selection(server: ServerThread, family: Any) -> None:
+    _, _, records, x = family
+    pinned = records[-1].id
+    response = httpx.post(
+        f"http://{server.http_url}/v2/models/digits/versions/{pinned}/infer",
+        content=orjson.dumps(
+            {
+                "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": x[0].tolist()}],
+                "parameters": {"min_accuracy": 0.99999},
+            }
+        ),
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["parameters"]["variant"] == pinned
+
+
+def test_an_impossible_slo_is_refused_with_the_closest_variants_unless_best_effort(
+    server: ServerThread, family: Any
+) -> None:
+    _, _, records, x = family
+    refused = infer(server, x[:1], latency_slo_ms=0.001, min_accuracy=0.5)
+    assert refused.status_code == 400
+    message = refused.json()["error"]
+    assert "idle" in message and "closest" in message and any(r.id in message for r in records)
+    too_accurate = infer(server, x[:1], min_accuracy=1.0)
+    assert too_accurate.status_code == 400 and "accuracy" in too_accurate.json()["error"]
+    served = infer(server, x[:1], latency_slo_ms=0.001, min_accuracy=0.5, best_effort=True)
+    assert served.status_code == 200
+    assert served.json()["parameters"]["slo_met"] is False
+    for bad in ({"latency_slo_ms": -1}, {"min_accuracy": 2}, {"latency_slo_ms": "soon"}, {"best_effort": "maybe"}):
+        assert infer(server, x[:1], **bad).status_code == 400
+
+
+def test_grpc_carries_the_slo_and_the_answer(server: ServerThread, family: Any) -> None:
+    _, _, records, x = family
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    inp = grpcclient.InferInput("input", [1, 64], "FP32")
+    inp.set_data_from_numpy(x[:1])
+    lowest = min(r.profile.accuracy for r in records if r.profile and r.profile.accuracy is not None)
+    # tritonclient's gRPC client cannot send float parameters: numbers travel as strings
+    result = client.infer("digits", [inp], parameters={"latency_slo_ms": "50", "min_accuracy": str(lowest)})
+    params = result.get_response(as_json=True)["parameters"]
+    assert params["variant"]["string_param"] == cheapest(records, lowest)
+    assert params["slo_met"]["bool_param"] is True
+    with pytest.raises(Exception, match="idle"):
+        client.infer("digits", [inp], parameters={"latency_slo_ms": "0.001"})
+    client.close()
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_overload_gets_fast_429s_not_timeouts_and_memory_stays_flat(server: ServerThread, family: Any) -> None:
+    _, _, records, x = family
+    fastest = min(r.profile.latency_ms[1].p50_ms for r in records if r.profile)  # type: ignore[union-attr]
+    slo_ms = max(2.0, 3 * fastest)  # easy alone, impossible for a crowd
+    before = rss_mb()
+
+    def one(i: int) -> tuple[int, float, dict[str, Any]]:
+        with httpx.Client(timeout=10) as client:
+            body = {
+                "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": x[i % 400].tolist()}],
+                "parameters": {"latency_slo_ms": slo_ms, "min_accuracy": 0.0},
+            }
+            response = client.post(f"http://{server.http_url}/v2/models/digits/infer", content=orjson.dumps(body))
+            elapsed = response.elapsed.total_seconds()
+            headers = dict(response.headers)
+            return response.status_code, elapsed, headers
+
+    with concurrent.futures.ThreadPoolExecutor(48) as pool:
+        results = list(pool.map(one, range(1500)))
+    statuses = [s for s, _, _ in results]
+    assert set(statuses) <= {200, 429, 504}, set(statuses)
+    refused = [(e, h) for s, e, h in results if s == 429]
+    assert refused, "the crowd was never refused: the SLO was not tight enough to overload"
+    assert all("retry-after" in h for _, h in refused)
+    assert max(e for e, _ in refused) < 1.0  # refused at once, not after waiting
+    assert rss_mb() - before < 100
