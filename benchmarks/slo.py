@@ -1,0 +1,458 @@
+"""Model-less serving against fixed variants, under a mixed SLO workload stepping from 20% to 120% of capacity.
+
+    python benchmarks/slo.py [--step-seconds 4] [--models digits,digits_wide] [--steps 0.2,0.4,0.6,0.8,1.0,1.2]
+
+For each bundled model: register it (every recipe), start `sloserve serve` in its own
+process, measure capacity (closed loop, 64 connections, fp32 pinned, no SLO), then
+replay open-loop Poisson load at each step of that capacity, half "tight" and half
+"loose" queries (SLO classes chosen from the profiles), through:
+
+* modelless   no version pinned: each query states its SLO; sloserve selects, batches
+              by deadline and refuses at once what it cannot serve in time;
+* fixed:V     every query pinned to variant V and sent without SLO parameters (what a
+              hand-tuned deployment of one variant does);
+* maxbatch    fp32 with plain max-batch + 2 ms timeout batching, no SLO parameters.
+
+Latency is measured client-side from each query's scheduled send time (open loop), so a
+queue that builds up counts. Attainment = queries answered 200 within their class's SLO /
+queries sent (refusals and errors count as misses). Accuracy delivered = mean profiled
+accuracy of the variants that answered. CPU-s per 1,000 queries = CPU time of the server
+process and its workers during the step / queries sent x 1000. Finally the same steps run
+in `sloserve simulate` (the same policies, simulated replicas from the same profiles) at
+1x and 100x the rate, and the 1x attainment is compared with the measured one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+HERE = Path(__file__).resolve()
+
+
+@dataclass(frozen=True)
+class SloClass:
+    name: str
+    latency_ms: float
+    min_accuracy: float
+
+
+# ---- the open-loop load generator (runs in its own process) ------------------------------------
+
+
+async def _open_loop(
+    port: int,
+    path: str,
+    rows: list[list[float]],
+    classes: list[dict[str, Any]],
+    rate: float,
+    seconds: float,
+    send_slo: bool,
+    seed: int,
+    connections: int = 64,
+) -> list[tuple[int, int, float, str]]:
+    rng = np.random.default_rng(seed)
+    n = int(rng.poisson(rate * seconds))
+    times = np.sort(rng.uniform(0, seconds, n))
+    which = rng.integers(0, len(classes), n)
+    bodies = []
+    for c in classes:
+        params = {"latency_slo_ms": c["latency_ms"], "min_accuracy": c["min_accuracy"]} if send_slo else {}
+        per_row = []
+        for row in rows[:32]:
+            body = orjson.dumps(
+                {
+                    "inputs": [{"name": "input", "shape": [1, len(row)], "datatype": "FP32", "data": row}],
+                    "parameters": params,
+                }
+            )
+            head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            per_row.append(head.encode() + body)
+        bodies.append(per_row)
+    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    results: list[tuple[int, int, float, str]] = []
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.05
+
+    async def one(i: int) -> None:
+        scheduled = start + times[i]
+        await asyncio.sleep(max(0.0, scheduled - loop.time()))
+        reader, writer = await pool.get()
+        try:
+            writer.write(bodies[which[i]][i % len(bodies[which[i]])])
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+            body = await reader.readexactly(length)
+            status = int(head[9:12])
+            version = ""
+            if status == 200:
+                version = orjson.loads(body).get("model_version", "")
+            results.append((int(which[i]), status, (loop.time() - scheduled) * 1e3, version))
+        except Exception:
+            results.append((int(which[i]), 0, (loop.time() - scheduled) * 1e3, ""))
+        finally:
+            pool.put_nowait((reader, writer))
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return results
+
+
+async def _closed_loop(port: int, path: str, row: list[float], seconds: float, connections: int = 64) -> float:
+    body = orjson.dumps({"inputs": [{"name": "input", "shape": [1, len(row)], "datatype": "FP32", "data": row}]})
+    request = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client() -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.perf_counter() < deadline:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(int(re.search(rb"content-length: (\d+)", head, re.I).group(1)))  # type: ignore[union-attr]
+            done += 1
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(connections)))
+    return done / (time.perf_counter() - started)
+
+
+def _generator_main(raw: str) -> None:
+    args = json.loads(raw)
+    if args["kind"] == "closed":
+        print(json.dumps(asyncio.run(_closed_loop(args["port"], args["path"], args["row"], args["seconds"]))))
+    else:
+        results = asyncio.run(
+            _open_loop(
+                args["port"],
+                args["path"],
+                args["rows"],
+                args["classes"],
+                args["rate"],
+                args["seconds"],
+                args["send_slo"],
+                args["seed"],
+            )
+        )
+        print(json.dumps(results))
+
+
+def generate(**kwargs: Any) -> Any:
+    out = subprocess.run(
+        [sys.executable, str(HERE), "_gen", json.dumps(kwargs)], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- the server and its CPU time ---------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children (workers), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        proc_pid, ppid = int(stat.parent.name), int(fields[1])
+        if proc_pid == pid or ppid == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def start_server(repo: Path, home: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {**os.environ, "SLOSERVE_HOME": str(home)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sloserve.cli",
+            "serve",
+            "--repository",
+            str(repo),
+            "--log-level",
+            "warning",
+            "--http-port",
+            str(port),
+            "--grpc-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
+                return proc, port
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+# ---- the experiment ----------------------------------------------------------------------------
+
+
+def register(name: str, repo: Path, home: Path, seconds: float) -> tuple[list[Any], np.ndarray[Any, Any]]:
+    from sloserve.control.registration import RegisterOptions, Registrar
+    from sloserve.profiling.profiler import ProfileSettings
+    from sloserve.registry.db import RegistryDB
+    from sloserve.registry.repository import ModelRepository
+    from sloserve.runtime import demo
+    from sloserve.variant import VariantStatus
+
+    builder = {"digits": demo.build_digits, "digits_wide": demo.build_digits_wide}[name]
+    with tempfile.TemporaryDirectory() as scratch:
+        report = builder(ModelRepository(Path(scratch)), name)
+        x = np.load(report.validation_path)["X"].astype(np.float32)
+        with RegistryDB(home / "registry.sqlite3", repo) as db:
+            registrar = Registrar(
+                ModelRepository(repo), db, profile_settings=ProfileSettings(seconds_per_batch=seconds)
+            )
+            records = asyncio.run(
+                registrar.register(report.model_path, name, RegisterOptions(validation=report.validation_path))
+            )
+        # the plain max-batch + timeout baseline: fp32 as its own model, 2 ms batching window
+        fp32 = next(r for r in records if r.id == "fp32")
+        ModelRepository(repo).write_model(_maxbatch_config(repo, name), Path(fp32.artifact))
+    return [r for r in records if r.status is VariantStatus.READY], x
+
+
+def _maxbatch_config(repo: Path, name: str) -> Any:
+    from dataclasses import replace
+
+    from sloserve.model_config import BatchingConfig
+    from sloserve.registry.repository import ModelRepository
+
+    config = ModelRepository(repo).read_config(name)
+    return replace(
+        config, name=f"{name}_maxbatch", batching=BatchingConfig(max_queue_delay_us=2000, max_queue_size=4096)
+    )
+
+
+def classes_for(records: list[Any]) -> list[SloClass]:
+    fastest = min(r.profile.latency_ms[1].p50_ms for r in records)
+    accuracies = sorted(r.profile.accuracy for r in records if r.profile.accuracy is not None)
+    reference = next(r.profile.accuracy for r in records if r.id == "fp32")
+    median = accuracies[len(accuracies) // 2]
+    # HTTP and queueing add ~0.5-1 ms on this machine on top of the worker round trip in the profile
+    return [
+        SloClass("tight", round(max(3.0, 6 * fastest), 2), round(min(median, reference - 0.02), 4)),
+        SloClass("loose", round(max(20.0, 40 * fastest), 2), round(reference - 0.01, 4)),
+    ]
+
+
+def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str, float, dict[str, Any]]]:
+    repo, home = base / "repo", base / "home"
+    with console.status(f"registering {name}"):
+        records, x = register(name, repo, home, args.profile_seconds)
+    accuracy = {r.id: r.profile.accuracy for r in records}
+    classes = classes_for(records)
+    console.print(
+        f"[bold]{name}[/]: classes " + ", ".join(f"{c.name} ≤{c.latency_ms} ms, acc ≥{c.min_accuracy}" for c in classes)
+    )
+    proc, port = start_server(repo, home)
+    rows = [row.tolist() for row in x[:32]]
+    out: list[tuple[str, float, dict[str, Any]]] = []
+    try:
+        capacity = generate(
+            kind="closed", port=port, path=f"/v2/models/{name}/versions/fp32/infer", row=rows[0], seconds=3
+        )
+        console.print(f"capacity (closed loop, 64 connections, fp32 pinned): {capacity:,.0f} req/s")
+        configs: list[tuple[str, str, bool]] = [("modelless", f"/v2/models/{name}/infer", True)]
+        configs += [(f"fixed:{r.id}", f"/v2/models/{name}/versions/{r.id}/infer", False) for r in records]
+        configs.append(("maxbatch", f"/v2/models/{name}_maxbatch/infer", False))
+        for step in args.steps:
+            for label, path, send_slo in configs:
+                with console.status(f"{name} {label} at {step:.0%}"):
+                    before = cpu_seconds(proc.pid)
+                    results = generate(
+                        kind="open",
+                        port=port,
+                        path=path,
+                        rows=rows,
+                        rate=step * capacity,
+                        seconds=args.step_seconds,
+                        send_slo=send_slo,
+                        seed=int(step * 100),
+                        classes=[c.__dict__ for c in classes],
+                    )
+                    cpu = cpu_seconds(proc.pid) - before
+                acc = dict(accuracy)
+                if label == "maxbatch":
+                    acc[""] = accuracy["fp32"]
+                    results = [[c, s, ms, v or "fp32"] for c, s, ms, v in results]
+                out.append((label, step, summarize_step(results, classes, acc, cpu)))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    print_table(name, out, classes)
+    simulate_compare(name, repo, home, capacity, classes, args, out)
+    return out
+
+
+def summarize_step(
+    results: list[list[Any]], classes: list[SloClass], accuracy: dict[str, float], cpu_s: float
+) -> dict[str, Any]:
+    sent = len(results)
+    met = 0
+    for c, status, ms, version in results:
+        klass = classes[c]
+        if status == 200 and ms <= klass.latency_ms and accuracy.get(version, 0.0) >= klass.min_accuracy:
+            met += 1
+    served = [r for r in results if r[1] == 200]
+    lat = np.array([r[2] for r in served]) if served else np.array([np.nan])
+    delivered = [accuracy[v] for _, _, _, v in served if v in accuracy]
+    return {
+        "sent": sent,
+        "attainment": met / sent if sent else float("nan"),
+        "refused": sum(1 for r in results if r[1] == 429) / max(sent, 1),
+        "accuracy": float(np.mean(delivered)) if delivered else float("nan"),
+        "p99_ms": float(np.nanpercentile(lat, 99)),
+        "cpu_s_per_1k": cpu_s / max(sent, 1) * 1000,
+    }
+
+
+def print_table(name: str, out: list[tuple[str, float, dict[str, Any]]], classes: list[SloClass]) -> None:
+    table = Table(
+        title=f"{name}: SLO attainment (met / sent; a query meets its SLO when answered within its latency "
+        "by a variant at least as accurate as it asked)"
+    )
+    for col in ("load", "config", "sent", "attainment", "refused", "accuracy", "p99 ms", "CPU-s/1k"):
+        table.add_column(col, justify="left" if col == "config" else "right")
+    for label, step, r in out:
+        table.add_row(
+            f"{step:.0%}",
+            label,
+            str(r["sent"]),
+            f"{r['attainment']:.2%}",
+            f"{r['refused']:.1%}",
+            f"{r['accuracy']:.4f}",
+            f"{r['p99_ms']:.1f}",
+            f"{r['cpu_s_per_1k']:.3f}",
+        )
+    console.print(table)
+    summary = Table(title=f"{name}: per load step, configurations reaching ≥ 99% attainment")
+    for col in ("load", "reaching 99%", "cheapest of those", "modelless attainment", "modelless CPU-s/1k"):
+        summary.add_column(col)
+    for step in sorted({s for _, s, _ in out}):
+        rows = [(label, r) for label, s, r in out if s == step]
+        ok = [(label, r) for label, r in rows if r["attainment"] >= 0.99]
+        cheapest = min(ok, key=lambda lr: lr[1]["cpu_s_per_1k"])[0] if ok else "-"
+        ml = next(r for label, r in rows if label == "modelless")
+        summary.add_row(
+            f"{step:.0%}",
+            ", ".join(label for label, _ in ok) or "none",
+            cheapest,
+            f"{ml['attainment']:.2%}",
+            f"{ml['cpu_s_per_1k']:.3f}",
+        )
+    console.print(summary)
+
+
+def simulate_compare(
+    name: str,
+    repo: Path,
+    home: Path,
+    capacity: float,
+    classes: list[SloClass],
+    args: argparse.Namespace,
+    out: list[tuple[str, float, dict[str, Any]]],
+) -> None:
+    """The same steps in the simulator, at 1x and 100x the rate, against the measured model-less attainment."""
+    if shutil.which(sys.executable) is None:
+        return
+    table = Table(title=f"{name}: simulator vs measurement (model-less)")
+    for col in ("load", "measured", "simulated 1x", "simulated 100x (cpus x100)"):
+        table.add_column(col, justify="right")
+    env = {**os.environ, "SLOSERVE_HOME": str(home)}
+    slo_flags = [f"--slo={c.name}:{c.latency_ms}:{c.min_accuracy}:0.5" for c in classes]
+    for step in args.steps:
+        sims = []
+        for scale in (1, 100):
+            cmd = [
+                sys.executable,
+                "-m",
+                "sloserve.cli",
+                "simulate",
+                "--model",
+                name,
+                "--repository",
+                str(repo),
+                "--rate",
+                str(step * capacity * scale),
+                "--duration",
+                str(args.step_seconds),
+                "--cpus",
+                str(2 * scale),
+                "--json",
+                "--seed",
+                "1",
+                *slo_flags,
+            ]
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if done.returncode != 0:
+                sims.append(f"error: {done.stderr.strip()[-80:]}")
+                continue
+            report = json.loads(done.stdout)
+            sims.append(f"{report['attainment']:.2%}")
+        measured = next(r for label, s, r in out if label == "modelless" and s == step)
+        table.add_row(f"{step:.0%}", f"{measured['attainment']:.2%}", *sims)
+    console.print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="digits,digits_wide")
+    parser.add_argument("--steps", default="0.2,0.4,0.6,0.8,1.0,1.2", type=lambda s: [float(x) for x in s.split(",")])
+    parser.add_argument("--step-seconds", type=float, default=4.0)
+    parser.add_argument("--profile-seconds", type=float, default=0.2)
+    args = parser.parse_args()
+    for name in args.models.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            run_model(name, Path(tmp), args)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_gen":
+        _generator_main(sys.argv[2])
+    else:
+        main()
