@@ -41,6 +41,7 @@ _COMMANDS = {
     "variants": "variants",
     "profile": "variants",
     "plot": "variants",
+    "simulate": "simulate",
 }
 
 
@@ -188,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="model name")
     p.add_argument("-o", "--output", type=Path, required=True, help="output file: .svg or .png")
     _repository_flags(p)
+
+    from sloserve.cli.simulate import add_parser as add_simulate_parser  # cheap: the simulator loads in run()
+
+    add_simulate_parser(sub)
     return parser
 
 

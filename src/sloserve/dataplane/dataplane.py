@@ -9,13 +9,17 @@ path only reads ``self._models``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sloserve import __version__
 from sloserve.catalog import CatalogSnapshot, LoadedModel, ModelState, ModelStatus
 from sloserve.clock import Clock
+from sloserve.dataplane.batcher import RowsResult
+from sloserve.dataplane.cache import PredictionCache, input_digest
 from sloserve.dataplane.host import VersionHost
+from sloserve.dataplane.splitter import MAX_CHUNKS, scatter_gather
 from sloserve.dataplane.validation import check_request
 from sloserve.errors import NotFoundError, ResourceExhaustedError, SloserveError, UnavailableError
 from sloserve.metrics import ServingMetrics
@@ -54,6 +58,7 @@ class DataPlane:
         self._catalog = CatalogSnapshot()
         self._control: RepositoryControl | None = None
         self._ready = False
+        self._cache = PredictionCache(clock)
 
     # -- wiring, called by the composition root and the control plane -----------------------------
 
@@ -80,6 +85,7 @@ class DataPlane:
             models[name] = _ModelView(loaded, hosts)
         self._models = models
         self._catalog = snapshot
+        self._cache.retain(snapshot)  # answers of replaced models and versions go
         for host in current.values():
             await host.close()
 
@@ -147,9 +153,26 @@ class DataPlane:
         name = request.model_name
         started = self._clock.now()
         host = await self._host(name, request.model_version)
-        inputs, rows, output_names = check_request(request, host.config)
+        split_rows = host.split_rows
+        max_rows = split_rows * MAX_CHUNKS if split_rows > 0 else None
+        inputs, rows, output_names = check_request(request, host.config, max_rows)
+        key = input_digest(inputs) if host.config.cache.enabled else None
+        if key is not None:
+            cached = self._cache.lookup(name, host.version, key)
+            self._metrics.cache_lookup(name, cached is not None)
+            if cached is not None:
+                elapsed = self._clock.now() - started
+                self._metrics.request_started(name)
+                self._metrics.request_succeeded(name, rows, elapsed, 0.0)
+                host.stats.request_succeeded(rows, elapsed, 0.0, 0.0)
+                return self._response(request, host, output_names, RowsResult(cached, 0.0, 0.0), cached=True)
+        waiting: Awaitable[RowsResult]
         try:
-            waiting = host.batcher.submit(inputs, rows)
+            if split_rows > 0 and rows > split_rows:
+                waiting = scatter_gather(host.batcher.submit, inputs, rows, split_rows)
+                self._metrics.request_split(name, -(-rows // split_rows))
+            else:
+                waiting = host.batcher.submit(inputs, rows)
         except ResourceExhaustedError as error:
             self._metrics.request_rejected(name, error.code.value)
             host.stats.request_failed(0.0)
@@ -168,6 +191,19 @@ class DataPlane:
         elapsed = self._clock.now() - started
         self._metrics.request_succeeded(name, rows, elapsed, result.queue_s)
         host.stats.request_succeeded(rows, elapsed, result.queue_s, result.compute_s)
+        if key is not None:
+            self._cache.store(name, host.running, key, result.outputs)
+            self._metrics.cache_size(name, self._cache.nbytes(name))
+        return self._response(request, host, output_names, result)
+
+    @staticmethod
+    def _response(
+        request: InferRequest,
+        host: VersionHost,
+        output_names: tuple[str, ...],
+        result: RowsResult,
+        cached: bool = False,
+    ) -> InferResponse:
         config = host.config
         outputs = []
         for out_name in output_names:
@@ -175,7 +211,14 @@ class DataPlane:
             spec = config.output(out_name)
             datatype = spec.datatype if spec is not None else "BYTES"
             outputs.append(Tensor(out_name, datatype, array.shape, array))
-        return InferResponse(model_name=name, model_version=host.version, id=request.id, outputs=outputs)
+        parameters = {"cache": True} if cached else {}
+        return InferResponse(
+            model_name=request.model_name,
+            model_version=host.version,
+            id=request.id,
+            outputs=outputs,
+            parameters=parameters,
+        )
 
     # -- statistics and repository extensions -----------------------------------------------------
 

@@ -16,9 +16,13 @@ def _names(specs: Any) -> str:
 
 
 def check_request(
-    request: InferRequest, config: ModelConfig
+    request: InferRequest, config: ModelConfig, max_rows: int | None = None
 ) -> tuple[dict[str, np.ndarray[Any, Any]], int, tuple[str, ...]]:
-    """Return (inputs by name, batch rows, output names to return) or raise a clear error."""
+    """Return (inputs by name, batch rows, output names to return) or raise a clear error.
+
+    ``max_rows`` bounds the batch dimension (default: ``max_batch_size``; the data plane
+    allows more, up to what scatter-gather splits into best-size batches).
+    """
     model = config.name
     inputs: dict[str, np.ndarray[Any, Any]] = {}
     batched = config.max_batch_size > 0
@@ -53,9 +57,15 @@ def check_request(
     missing = [s.name for s in config.inputs if s.name not in inputs]
     if missing:
         raise InvalidArgumentError(f"model {model!r} needs input(s) {missing}; the request lacks them")
-    if batched and rows > config.max_batch_size:
+    limit = config.max_batch_size if max_rows is None else max_rows
+    if batched and rows > limit:
+        if max_rows is None:
+            raise InvalidArgumentError(
+                f"batch of {rows} rows is larger than model {model!r}'s max_batch_size {config.max_batch_size}"
+            )
         raise InvalidArgumentError(
-            f"batch of {rows} rows is larger than model {model!r}'s max_batch_size {config.max_batch_size}"
+            f"batch of {rows} rows is larger than the {limit} rows model {model!r} takes in one request "
+            f"(it splits requests over its max_batch_size {config.max_batch_size} across replicas)"
         )
     if request.outputs:
         wanted: list[str] = []

@@ -7,6 +7,7 @@ per model so the request path pays one dict lookup, not a label resolution.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -97,6 +98,40 @@ class ServingMetrics:
         self._worker_restarts = Counter(
             "sloserve_replica_restarts", "Replica processes restarted after dying.", ["model"], registry=r
         )
+        self._cache_hits = Counter(
+            "sloserve_cache_hit", "Requests answered from the prediction cache.", ["model"], registry=r
+        )
+        self._cache_misses = Counter(
+            "sloserve_cache_miss",
+            "Requests to a model with the cache on that the cache could not answer.",
+            ["model"],
+            registry=r,
+        )
+        self._cache_bytes = Gauge(
+            "sloserve_cache_bytes", "Bytes of answers held in the prediction cache.", ["model"], registry=r
+        )
+        self._hedges = Counter(
+            "sloserve_hedge",
+            "Hedged batches by event: fired (a backup sent), won (the backup answered first), "
+            "lost (the original answered first), cancelled (a losing run cancelled).",
+            ["model", "event"],
+            registry=r,
+        )
+        self._hedge_tokens = Gauge(
+            "sloserve_hedge_budget_tokens",
+            "Hedges the budget allows right now (a token bucket earning the hedging budget per batch).",
+            ["model"],
+            registry=r,
+        )
+        self._splits = Counter(
+            "sloserve_split_requests",
+            "Requests split into chunks across replicas (scatter-gather).",
+            ["model"],
+            registry=r,
+        )
+        self._split_chunks = Counter(
+            "sloserve_split_chunks", "Chunks that split requests were cut into.", ["model"], registry=r
+        )
         self._children: dict[str, _ModelChildren] = {}
 
     def _model(self, model: str) -> _ModelChildren:
@@ -144,6 +179,24 @@ class ServingMetrics:
 
     def replica_restarted(self, model: str) -> None:
         self._worker_restarts.labels(model).inc()
+
+    def cache_lookup(self, model: str, hit: bool) -> None:
+        (self._cache_hits if hit else self._cache_misses).labels(model).inc()
+
+    def cache_size(self, model: str, nbytes: int) -> None:
+        self._cache_bytes.labels(model).set(nbytes)
+
+    def hedge_event(self, model: str, event: str) -> None:
+        """``fired``, ``won``, ``lost`` or ``cancelled``."""
+        self._hedges.labels(model, event).inc()
+
+    def hedge_budget(self, model: str, tokens: Callable[[], float]) -> None:
+        """Report the hedge budget's tokens by calling ``tokens`` at every scrape."""
+        self._hedge_tokens.labels(model).set_function(tokens)
+
+    def request_split(self, model: str, chunks: int) -> None:
+        self._splits.labels(model).inc()
+        self._split_chunks.labels(model).inc(chunks)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric in this registry."""

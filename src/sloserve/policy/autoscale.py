@@ -193,3 +193,19 @@ def _fastest_other(
     if not others:
         return None
     return max(others, key=lambda v: v.capacity_rps / v.cpus_per_replica)
+
+
+def capacity_within_slo(
+    intercept_ms: float, per_row_ms: float, max_batch: int, tightest_slo_ms: float | None, best_rps: float
+) -> float:
+    """Rows per second one replica sustains with batches small enough for the tightest SLO served.
+
+    The profile's best batch may take longer than an SLO allows; then a replica really
+    serves at the largest batch whose latency fits half the SLO (the other half is left
+    for waiting). Without a latency SLO, the profiled best throughput.
+    """
+    if tightest_slo_ms is None or per_row_ms <= 0:
+        return best_rps
+    fits = int((tightest_slo_ms / 2 - intercept_ms) / per_row_ms)
+    batch = max(1, min(max_batch, fits))
+    return min(best_rps, batch / (intercept_ms + per_row_ms * batch) * 1e3)

@@ -4,14 +4,27 @@ A batch still running after its version's live ``quantile`` latency (p95 by
 default) gets a backup on another replica, if all of these hold:
 
 - **budget**: a token bucket earns ``budget`` tokens per batch (capped at
-  ``burst``) and a hedge costs one, so hedges never exceed ``budget`` × batches;
-- **hedges pay**: of the last ``outcome_window`` hedges, at least
-  ``min_win_rate`` finished before their original; otherwise hedging is off for
-  ``cooldown_s`` (every replica is equally slow: a backup only adds load);
+  ``burst``) and a hedge costs one, so hedges never exceed ``budget`` times the
+  batches, whatever else happens;
 - **a backup can be faster**: some other replica has a free slot and is not
-  itself slow. A replica's *slowness* is the median of its recent batch latencies
-  divided by the version's live median for batches of the same size; when every
-  candidate is ``slow_factor`` times slower than usual there is no hedge.
+  itself slow. A replica's *slowness* is the median of its recent latency ratios:
+  a batch's latency over the *baseline* median of its size class, a median that
+  follows the live one slowly (time constant ``baseline_s``). When every
+  candidate is ``slow_factor`` times slower than that, every replica is slow (an
+  outage, an overload): a backup would only add load, so there is none, until
+  the slowness passes or lasts long enough to become the new baseline.
+
+A batch whose check finds no backup (no free slot, no token, all slow) is
+checked again after twice the delay, up to ``checks`` times: a true straggler
+is still running then, while the ordinary tail is done. The first check may
+only spend tokens above ``reserve``; later checks may spend the reserve too. So
+when the ordinary tail alone would use up the budget, the batches that have
+outlived their quantile longest, the likely stragglers, still get backups.
+
+The delay is the quantile, but never more than ``max_delay_factor`` times the
+median: when stragglers are more than ``1 - quantile`` of the batches, the
+quantile *is* a straggler's latency and nothing would ever be hedged; a batch
+five times slower than the median is late whatever the quantile says.
 
 Latency depends on batch size, so samples are kept per size class (powers of
 two: 1, 2-3, 4-7, ...), each a window of the last ``window`` batches. A class
@@ -44,12 +57,18 @@ class HedgeParams:
     """Batches of a size class seen before its quantile is trusted."""
     window: int = 256
     """Recent batches kept per size class."""
-    min_delay_s: float = 0.0
+    max_delay_factor: float = 5.0
+    """Hedge no later than this many times the median, whatever the quantile."""
+    min_delay_s: float = 0.001
+    """Never hedge sooner: the server loop's (uvloop) timers have millisecond resolution, and a
+    shorter delay would fire at once, hedging batches that are not late at all."""
     slow_factor: float = 3.0
-    outcome_window: int = 16
-    min_outcomes: int = 8
-    min_win_rate: float = 0.2
-    cooldown_s: float = 5.0
+    baseline_s: float = 30.0
+    """Time constant over which the baseline median follows the live one."""
+    checks: int = 4
+    """Times a running batch is considered for a backup (after the delay, then doubling)."""
+    reserve: float = 2.0
+    """Tokens only a batch's second and later checks may spend."""
 
     @classmethod
     def from_config(cls, config: HedgingConfig) -> HedgeParams:
@@ -110,7 +129,8 @@ def hedge_delay(window: LatencyWindow | None, params: HedgeParams) -> float | No
     """Seconds after which a batch judged by ``window`` gets a backup; None: no hedge."""
     if window is None:
         return None
-    return max(params.min_delay_s, window.quantile(params.quantile))
+    delay = min(window.quantile(params.quantile), params.max_delay_factor * window.quantile(0.5))
+    return max(params.min_delay_s, delay)
 
 
 # ---------------------------------------------------------------- budget
@@ -121,26 +141,15 @@ def earn(tokens: float, params: HedgeParams) -> float:
     return min(params.burst, tokens + params.budget)
 
 
-# ---------------------------------------------------------------- self-switch-off
+# ---------------------------------------------------------------- slowness
 
 
-@dataclass(frozen=True, slots=True)
-class HedgeHealth:
-    outcomes: tuple[bool, ...] = ()
-    """Recent hedges, oldest first: True when the backup answered first."""
-    off_until: float = -math.inf
-
-
-def record_outcome(health: HedgeHealth, won: bool, now: float, params: HedgeParams) -> HedgeHealth:
-    """Health after a hedge whose backup did (``won``) or did not finish first."""
-    outcomes = (*health.outcomes, won)[-params.outcome_window :]
-    if len(outcomes) >= params.min_outcomes and sum(outcomes) < params.min_win_rate * len(outcomes):
-        return HedgeHealth((), now + params.cooldown_s)  # start afresh after the cool-down
-    return HedgeHealth(outcomes, health.off_until)
-
-
-def hedging_on(health: HedgeHealth, now: float) -> bool:
-    return now >= health.off_until
+def follow_baseline(baseline: float | None, live_median: float, elapsed_s: float, params: HedgeParams) -> float:
+    """The baseline median after ``elapsed_s`` seconds in which the live median was ``live_median``."""
+    if baseline is None:
+        return live_median
+    step = min(1.0, max(0.0, elapsed_s) / params.baseline_s)
+    return baseline + (live_median - baseline) * step
 
 
 def slowness(ratios: Sequence[float]) -> float:
@@ -158,8 +167,6 @@ def slowness(ratios: Sequence[float]) -> float:
 
 class HedgeVerdict(enum.Enum):
     FIRE = "fire"
-    OFF = "off"
-    """Recent hedges did not pay: cooling down."""
     NO_REPLICA = "no_replica"
     """No other healthy replica has a free slot."""
     ALL_SLOW = "all_slow"
@@ -182,24 +189,19 @@ class HedgeDecision:
 
 
 def decide_hedge(
-    now: float,
-    tokens: float,
-    health: HedgeHealth,
-    candidates: Sequence[BackupCandidate],
-    params: HedgeParams,
+    tokens: float, candidates: Sequence[BackupCandidate], params: HedgeParams, check: int = 1
 ) -> HedgeDecision:
-    """Whether a batch that has outlived its hedge delay gets a backup now, and on which candidate.
+    """Whether a batch that has outlived its hedge delay gets a backup at its ``check``-th look (1: at the
+    delay), and on which candidate.
 
     The backup goes to the least loaded candidate that is not slow (the less slow on a tie).
     """
-    if not hedging_on(health, now):
-        return HedgeDecision(HedgeVerdict.OFF)
     if not candidates:
         return HedgeDecision(HedgeVerdict.NO_REPLICA)
     usable = [i for i, c in enumerate(candidates) if c.slowness < params.slow_factor]
     if not usable:
         return HedgeDecision(HedgeVerdict.ALL_SLOW)
-    if tokens < 1.0:
+    if tokens < 1.0 + (params.reserve if check <= 1 else 0.0):
         return HedgeDecision(HedgeVerdict.NO_BUDGET)
     best = min(usable, key=lambda i: (candidates[i].load, candidates[i].slowness))
     return HedgeDecision(HedgeVerdict.FIRE, best)

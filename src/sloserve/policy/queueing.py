@@ -7,21 +7,27 @@ import math
 from sloserve.policy.batching import LatencyModel
 
 
-def queue_delay_ms(queued_rows: int, busy: int, replicas: int, batch_limit: int, model: LatencyModel) -> float:
+def queue_delay_ms(
+    queued_rows: int, busy: int, replicas: int, batch_limit: int, model: LatencyModel, running_ms: float | None = None
+) -> float:
     """Expected wait before a new request's batch starts.
 
-    Work ahead is the batches already running (on average half done) plus the rows
-    queued, cut into batches of ``batch_limit``, shared by ``replicas``. With a free
+    Work ahead is what the running batches have left (``running_ms``, the sum over
+    them; when unknown, half a batch of the rows they hold each) plus the rows queued,
+    cut into batches of at most ``batch_limit``, shared by ``replicas``. With a free
     replica and nothing queued, the request starts at once.
     """
     if replicas <= 0:
         return math.inf
-    batches_ahead = math.ceil(queued_rows / max(batch_limit, 1))
+    limit = max(batch_limit, 1)
+    batches_ahead = math.ceil(queued_rows / limit)
     busy = min(busy, replicas)
     if batches_ahead == 0 and busy < replicas:
         return 0.0
-    batch_ms = model.predict_ms(batch_limit)
-    return (busy * batch_ms / 2 + batches_ahead * batch_ms) / replicas
+    if running_ms is None:
+        running_ms = busy * model.predict_ms(limit) / 2
+    queued_ms = batches_ahead * model.predict_ms(min(limit, queued_rows)) if batches_ahead else 0.0
+    return (running_ms + queued_ms) / replicas
 
 
 def expected_batch_rows(queued_rows: int, rows: int, batch_limit: int) -> int:

@@ -4,8 +4,10 @@ The caller passes the outstanding work (reserved batch slots) of the replicas
 that can take a batch now (healthy, with a free slot) and gets back an index
 into that list. Two policies:
 
-- :func:`choose_least_loaded`: the minimum, ties broken at random. Needs an exact
-  view of every replica's load, which one frontend has.
+- :func:`choose_least_loaded`: the minimum, ties broken in turn (the first tie at
+  or after position ``turn``, which the caller advances), so idle replicas share
+  the work deterministically. Needs an exact view of every replica's load, which
+  one frontend has.
 - :func:`choose_power_of_two`: sample two distinct replicas, take the less
   loaded (Mitzenmacher). Needs only two loads per decision, so it stays good when
   several frontends route with stale views, at the price of sometimes passing
@@ -33,11 +35,17 @@ exact loads, least-loaded never sends a batch to a replica busier than another f
 and its p99 with a straggler was no better."""
 
 
-def choose_least_loaded(loads: Sequence[int], rng: random.Random) -> int:
-    """Index of a least-loaded entry of ``loads`` (non-empty), a uniformly random one among ties."""
+def choose_least_loaded(loads: Sequence[int], turn: int = 0) -> int:
+    """Index of a least-loaded entry of ``loads`` (non-empty); among ties the first at or after
+    ``turn`` (modulo the length), wrapping around."""
+    n = len(loads)
     best = min(loads)
-    ties = [i for i, load in enumerate(loads) if load == best]
-    return ties[0] if len(ties) == 1 else ties[rng.randrange(len(ties))]
+    start = turn % n
+    for step in range(n):
+        index = (start + step) % n
+        if loads[index] == best:
+            return index
+    raise AssertionError("unreachable: the minimum is in the list")
 
 
 def choose_power_of_two(loads: Sequence[int], rng: random.Random) -> int:
@@ -54,10 +62,11 @@ def choose_power_of_two(loads: Sequence[int], rng: random.Random) -> int:
     return first
 
 
-def choose_replica(loads: Sequence[int], rng: random.Random, routing: Routing = DEFAULT_ROUTING) -> int:
-    """The index (into ``loads``) of the replica that takes the next batch."""
+def choose_replica(loads: Sequence[int], rng: random.Random, routing: Routing = DEFAULT_ROUTING, turn: int = 0) -> int:
+    """The index (into ``loads``) of the replica that takes the next batch; ``turn`` counts the
+    decisions so far (least-loaded's tie-break), ``rng`` draws power-of-two's pair."""
     if not loads:
         raise ValueError("no replica to choose from")
     if routing is Routing.POWER_OF_TWO:
         return choose_power_of_two(loads, rng)
-    return choose_least_loaded(loads, rng)
+    return choose_least_loaded(loads, turn)

@@ -1,0 +1,519 @@
+"""The discrete-event engine: a workload through the real policies, against simulated replicas, in simulated time.
+
+Each variant has a pool of identical replicas (each runs one batch at a time) and
+one queue. Under the model-less policy (the default):
+
+- **admission** at arrival calls :func:`~sloserve.policy.selection.select_variant` over
+  one :class:`~sloserve.policy.selection.Candidate` per variant, built from the
+  variant's queue state with :func:`~sloserve.policy.queueing.queue_delay_ms` and
+  :func:`~sloserve.policy.queueing.expected_batch_rows`, ``loaded`` = a replica is up,
+  and ``correction`` = an EWMA of observed / profiled service time (see
+  :mod:`sloserve.sim.selector` for how that stays cheap at 100,000 arrivals per second
+  without changing a single answer). No choice: rejected (``impossible``
+  when not even :func:`~sloserve.policy.selection.feasible_when_idle` finds one,
+  else ``overloaded``), or served by :func:`~sloserve.policy.selection.best_effort`
+  when the class asks for it.
+- **batching**: the queue is earliest-deadline-first (FIFO between equal deadlines);
+  a free replica drops expired heads (:func:`~sloserve.policy.batching.expired`, a
+  deadline drop) and takes :func:`~sloserve.policy.batching.batch_size_for` rows with
+  the head's slack, under an AIMD limit updated by
+  :func:`~sloserve.policy.batching.aimd_update` after every batch (missed: a request in
+  it finished after its deadline). Work-conserving: no batching wait.
+- **autoscaling**: every ``autoscale_interval_s``
+  :func:`~sloserve.policy.autoscale.decide_scaling` gets a
+  :class:`~sloserve.policy.autoscale.VariantLoad` per variant (rows per second routed
+  to it over the interval, plus the rows refused while it was the class's choice on an
+  idle server: offered, not admitted load; and the mean time requests waited for their
+  batch to start over the interval) within the CPU budget; a new replica serves
+  after its cold start (``load_ms``). A variant with no replica can still be chosen
+  (its prediction includes the cold start): that starts one on demand.
+
+The comparison policies send every query to one variant with no admission, no
+deadlines and no autoscaling, over a fixed pool: ``fixed`` batches whatever is queued
+when a replica frees (up to ``max_batch``), ``maxbatch`` waits until ``max_batch``
+rows are queued or the oldest has waited ``timeout_ms``.
+
+Service time = the variant's latency model at the batch's rows x ``slowdown`` x
+lognormal noise (median 1, ``noise_sigma``). Everything random is drawn from numpy
+generators seeded by ``seed``: a run is a pure function of its inputs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from heapq import heappop, heappush
+from typing import Any
+
+import numpy as np
+
+from sloserve.errors import InvalidArgumentError
+from sloserve.policy.autoscale import AutoscaleState, ScaleDecision, VariantLoad, capacity_within_slo, decide_scaling
+from sloserve.policy.batching import LatencyModel, aimd_update, batch_size_for, expired
+from sloserve.policy.selection import Candidate, Choice, NoChoice, best_effort, feasible_when_idle
+from sloserve.sim.config import SimConfig
+from sloserve.sim.family import Family
+from sloserve.sim.pool import Pool, PoolStats
+from sloserve.sim.selector import Selector
+from sloserve.sim.workload import FloatArray, Workload
+
+# Outcome of a request: >= 0 the index of the pool that served it, else one of these.
+PENDING = -1
+REJECTED_OVERLOADED = -2
+REJECTED_IMPOSSIBLE = -3
+REJECTED_UNAVAILABLE = -4
+DROPPED_DEADLINE = -5
+DROPPED_UNLOADED = -6
+
+REJECTIONS = {REJECTED_OVERLOADED: "overloaded", REJECTED_IMPOSSIBLE: "impossible", REJECTED_UNAVAILABLE: "unavailable"}
+DROPS = {DROPPED_DEADLINE: "deadline", DROPPED_UNLOADED: "unloaded"}
+
+_DONE, _READY, _TICK, _TIMER = 0, 1, 2, 3
+_NOISE_BLOCK = 1 << 16
+_MIN_SERVICE_MS = 1e-3
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """Everything a run produced, for :mod:`sloserve.sim.report` to summarise."""
+
+    config: SimConfig
+    workload: Workload
+    deadlines_ms: FloatArray
+    outcome: np.ndarray[Any, np.dtype[np.int32]]
+    finish_ms: FloatArray
+    pools: tuple[PoolStats, ...]
+    samples: tuple[tuple[float, tuple[int, ...]], ...]
+    """(time_s, provisioned replicas per pool) at start and every autoscale tick."""
+    decisions: tuple[tuple[float, ScaleDecision], ...]
+    events: int
+    wall_s: float
+
+
+class Simulator:
+    def __init__(self, families: Sequence[Family], workload: Workload, config: SimConfig) -> None:
+        config.check()
+        by_model = {f.model: f for f in families}
+        missing = [m for m in workload.models if m not in by_model]
+        if missing:
+            raise InvalidArgumentError(f"the workload names model(s) {missing} that are not simulated")
+        self.config = config
+        self.workload = workload
+        self.families = [by_model[m] for m in workload.models]
+        multi = len(self.families) > 1
+        self.pools: list[Pool] = []
+        per_model: list[list[Pool]] = []
+        for m, family in enumerate(self.families):
+            per_model.append([])
+            for pos, v in enumerate(family.variants):
+                key = f"{family.model}/{v.id}" if multi else v.id
+                pool = Pool(len(self.pools), key, m, pos, v, config)
+                self.pools.append(pool)
+                per_model[m].append(pool)
+        self.slos = [c.slo for c in workload.classes]
+        bounds = [c.slo.latency_ms for c in workload.classes if c.slo.latency_ms is not None]
+        self.tightest_slo_ms = min(bounds) if bounds else None
+        self.selector = Selector(per_model, self.slos, config.fast_selection)
+        self.by_id = self.selector.by_id
+        self.now = 0.0
+        self.heap: list[tuple[float, int, int, Pool | None, Any]] = []
+        self.seq = 0
+        self.events = 0
+        self.cpus_used = 0
+        self.noise_rng = np.random.default_rng(np.random.SeedSequence(config.seed).spawn(2)[1])
+        self.noise: list[float] = []
+        self.noise_at = 0
+        self.autoscale_cfg = config.autoscale_config()
+        self.autoscale_state = AutoscaleState()
+        self.samples: list[tuple[float, tuple[int, ...]]] = []
+        self.decisions: list[tuple[float, ScaleDecision]] = []
+        n = len(workload)
+        self.times: list[float] = workload.time_ms.tolist()
+        self.rows: list[int] = workload.rows.tolist()
+        self.klass: list[int] = workload.klass.tolist()
+        self.model: list[int] = workload.model.tolist()
+        self.deadlines_arr = workload.deadlines_ms()
+        self.deadlines: list[float] = self.deadlines_arr.tolist()
+        self.out: list[int] = [PENDING] * n
+        self.fin: list[float] = [math.nan] * n
+        self.best_effort: set[int] = set()
+        """Requests served best effort (queued by their predicted completion, never dropped)."""
+        self.fifo_pool: Pool | None = None
+        if config.policy.kind != "modelless":
+            self.fifo_pool = self._fixed_pool(config)
+
+    @property
+    def cpus_free(self) -> int:
+        return self.config.cpus - self.cpus_used
+
+    # ---- set-up -------------------------------------------------------------
+
+    def _fixed_pool(self, config: SimConfig) -> Pool:
+        if len(self.families) != 1:
+            raise InvalidArgumentError(f"--policy {config.policy.describe()} simulates a single model")
+        wanted = config.policy.variant
+        pool = self.by_id[0].get(wanted or "")
+        if pool is None:
+            known = ", ".join(self.by_id[0])
+            raise InvalidArgumentError(f"--policy: no variant {wanted!r} in {self.families[0].model} ({known})")
+        return pool
+
+    def _start_warm(self, pool: Pool, count: int) -> None:
+        pool.ready += count
+        pool.free += count
+        self.cpus_used += count * pool.variant.cpus
+        pool.max_replicas = max(pool.max_replicas, pool.provisioned)
+
+    def _initial_replicas(self) -> None:
+        cfg = self.config
+        if self.fifo_pool is not None:
+            pool = self.fifo_pool
+            count = cfg.fixed_replicas if cfg.fixed_replicas is not None else cfg.cpus // pool.variant.cpus
+            if count < 1 or count * pool.variant.cpus > cfg.cpus:
+                raise InvalidArgumentError(
+                    f"{count} replica(s) of {pool.key} need {count * pool.variant.cpus} CPUs; --cpus is {cfg.cpus}"
+                )
+            self._start_warm(pool, count)
+            return
+        if cfg.initial_replicas is not None:
+            need = sum(p.variant.cpus for p in self.pools) * cfg.initial_replicas
+            if need > cfg.cpus:
+                raise InvalidArgumentError(
+                    f"--initial-replicas {cfg.initial_replicas} for {len(self.pools)} variants needs {need} CPUs; "
+                    f"--cpus is {cfg.cpus}"
+                )
+            for pool in self.pools:
+                self._start_warm(pool, cfg.initial_replicas)
+            return
+        for m in range(len(self.families)):
+            idle = [self._idle_candidate(p) for p in self.pools if p.model == m]
+            for slo in self.slos:
+                choice = feasible_when_idle(idle, slo)
+                if isinstance(choice, NoChoice) and slo.best_effort:
+                    choice = best_effort(idle, slo)
+                if isinstance(choice, Choice):
+                    pool = self.by_id[m][choice.variant]
+                    if pool.ready == 0 and self.cpus_used + pool.variant.cpus <= cfg.cpus:
+                        self._start_warm(pool, 1)
+
+    @staticmethod
+    def _idle_candidate(p: Pool) -> Candidate:
+        v = p.variant
+        return Candidate(v.id, v.accuracy, v.intercept_ms, v.per_row_ms, v.cost_cpu_s_per_1k)
+
+    # ---- the loop -----------------------------------------------------------
+
+    def run(self) -> Trace:
+        """Simulate until every request has its outcome (queues drain after the last arrival). Once."""
+        started = time.perf_counter()
+        self._initial_replicas()
+        modelless = self.fifo_pool is None
+        self.selector.start(self.now, self.cpus_free)
+        self._sample()
+        interval_ms = self.config.autoscale_interval_s * 1000.0
+        if interval_ms <= self.workload.duration_s * 1000.0:
+            self._push(interval_ms, _TICK, None, None)
+        admit: Callable[[int, float], None] = self._admit if modelless else self._admit_fifo
+        dispatch = self._dispatch_edf if modelless else self._dispatch_fifo
+        times = self.times
+        heap = self.heap
+        n = len(times)
+        i = 0
+        inf = math.inf
+        while True:
+            next_event = heap[0][0] if heap else inf
+            if i < n and times[i] < next_event:
+                self.now = t = times[i]
+                admit(i, t)
+                i += 1
+                continue
+            if not heap:
+                break
+            t, _, kind, pool, payload = heappop(heap)
+            self.now = t
+            self.events += 1
+            if pool is not None:  # an event may lower predictions: selections made before are stale
+                self.selector.event(pool.model)
+            if kind == _DONE:
+                assert pool is not None
+                self._done(pool, payload, modelless)
+                dispatch(pool)
+            elif kind == _TIMER:
+                assert pool is not None
+                dispatch(pool)
+            elif kind == _READY:
+                assert pool is not None
+                if pool.starting and pool.starting[0] <= t:
+                    pool.starting.popleft()
+                    pool.ready += 1
+                    pool.free += 1
+                    self.selector.touch(pool)
+                    dispatch(pool)
+            else:
+                self.selector.everything_changed()
+                self._tick(modelless)
+        self.events += n
+        return Trace(
+            self.config,
+            self.workload,
+            self.deadlines_arr,
+            np.array(self.out, dtype=np.int32),
+            np.array(self.fin, dtype=np.float64),
+            tuple(p.stats(self.families[p.model].model) for p in self.pools),
+            tuple(self.samples),
+            tuple(self.decisions),
+            self.events,
+            time.perf_counter() - started,
+        )
+
+    def _push(self, t: float, kind: int, pool: Pool | None, payload: Any) -> None:
+        self.seq += 1
+        heappush(self.heap, (t, self.seq, kind, pool, payload))
+
+    # ---- admission ----------------------------------------------------------
+
+    def _admit(self, rid: int, t: float) -> None:
+        """Admission at arrival: the variant select_variant chooses, or a refusal."""
+        m = self.model[rid]
+        rows = self.rows[rid]
+        k = self.klass[rid]
+        selector = self.selector
+        choice = selector.choose(m, k, rows, t, self.config.cpus - self.cpus_used)
+        if type(choice) is not Choice:
+            if not self.slos[k].best_effort:
+                idle = selector.when_idle(m, k, rows, t, self.cpus_free)
+                if type(idle) is Choice:
+                    self.out[rid] = REJECTED_OVERLOADED
+                    self.by_id[m][idle.variant].refused_rows += rows  # demand the autoscaler should see
+                else:
+                    self.out[rid] = REJECTED_IMPOSSIBLE
+                return
+            choice = selector.best_effort(m, k, rows, t, self.cpus_free)
+            if not math.isfinite(choice.predicted_ms):
+                self.out[rid] = REJECTED_UNAVAILABLE
+                return
+            # Served late rather than refused: queued by its predicted completion, never dropped.
+            self.best_effort.add(rid)
+            deadline = t + choice.predicted_ms
+        else:
+            deadline = self.deadlines[rid]
+        pool = self.by_id[m][choice.variant]
+        if pool.provisioned <= 0:
+            if pool.variant.cpus > self.cpus_free:
+                self.out[rid] = REJECTED_UNAVAILABLE
+                return
+            self._start(pool, 1)
+        heappush(pool.edf, (deadline, rid))
+        pool.queued_rows += rows
+        pool.routed_rows += rows
+        pool.selected += 1
+        selector.admitted(pool)
+        if pool.free:
+            self._dispatch_edf(pool)
+
+    def _admit_fifo(self, rid: int, t: float) -> None:
+        pool = self.fifo_pool
+        assert pool is not None
+        pool.fifo.append(rid)
+        rows = self.rows[rid]
+        pool.queued_rows += rows
+        pool.routed_rows += rows
+        pool.selected += 1
+        if pool.free:
+            self._dispatch_fifo(pool)
+
+    # ---- batches ------------------------------------------------------------
+
+    def _service_ms(self, p: Pool, rows: int) -> float:
+        if self.noise_at >= len(self.noise):
+            sigma = self.config.noise_sigma
+            block = self.noise_rng.lognormal(0.0, sigma, _NOISE_BLOCK) if sigma > 0 else np.ones(_NOISE_BLOCK)
+            self.noise = block.tolist()
+            self.noise_at = 0
+        factor = self.noise[self.noise_at]
+        self.noise_at += 1
+        return max(p.base.predict_ms(rows) * self.config.slowdown * factor, _MIN_SERVICE_MS)
+
+    def _dispatch_edf(self, p: Pool) -> None:
+        q = p.edf
+        if not (p.free and q):
+            return
+        t = self.now
+        rows = self.rows
+        out = self.out
+        live = p.live
+        while p.free and q:
+            deadline, rid = q[0]
+            while expired(t, deadline, rows[rid], live) and rid not in self.best_effort:
+                heappop(q)
+                p.queued_rows -= rows[rid]
+                out[rid] = DROPPED_DEADLINE
+                p.drops += 1
+                if not q:
+                    break
+                deadline, rid = q[0]
+            if not q:
+                break
+            size = batch_size_for(p.limit, p.queued_rows, None if deadline == math.inf else deadline - t, live)
+            batch: list[int] = []
+            taken = 0
+            while q:
+                r = rows[q[0][1]]
+                if batch and taken + r > size:
+                    break
+                batch.append(heappop(q)[1])
+                taken += r
+            if self.best_effort:  # AIMD judges a batch by the deadlines it was promised to meet
+                deadline = min((self.deadlines[r] for r in batch if r not in self.best_effort), default=math.inf)
+            self._start_batch(p, batch, taken, deadline)
+        self.selector.touch(p)
+
+    def _dispatch_fifo(self, p: Pool) -> None:
+        q = p.fifo
+        t = self.now
+        rows = self.rows
+        max_batch = p.variant.max_batch
+        timeout = self.config.policy.timeout_ms
+        while p.free and q:
+            if timeout > 0 and p.queued_rows < max_batch:
+                due = self.times[q[0]] + timeout
+                if t < due:
+                    if p.timer_at != due:
+                        p.timer_at = due
+                        self._push(due, _TIMER, p, None)
+                    return
+            batch = [q.popleft()]
+            taken = rows[batch[0]]
+            while q and taken + rows[q[0]] <= max_batch:
+                rid = q.popleft()
+                batch.append(rid)
+                taken += rows[rid]
+            self._start_batch(p, batch, taken, math.inf)
+
+    def _start_batch(self, p: Pool, batch: list[int], rows: int, tightest_ms: float) -> None:
+        times = self.times
+        p.queue_wait_ms += len(batch) * self.now - sum([times[rid] for rid in batch])
+        p.queue_waits += len(batch)
+        p.queued_rows -= rows
+        p.free -= 1
+        p.busy += 1
+        p.running_ms += p.live.predict_ms(rows)
+        service = self._service_ms(p, rows)
+        self.seq += 1
+        heappush(self.heap, (self.now + service, self.seq, _DONE, p, (batch, tightest_ms, rows, service)))
+
+    def _done(self, p: Pool, payload: tuple[list[int], float, int, float], modelless: bool) -> None:
+        batch, tightest_ms, rows, service = payload
+        t = self.now
+        p.busy -= 1
+        p.running_ms = max(0.0, p.running_ms - p.live.predict_ms(rows)) if p.busy else 0.0
+        if p.retiring:
+            p.retiring -= 1
+            self._leave(p)
+        else:
+            p.free += 1
+        out = self.out
+        fin = self.fin
+        index = p.index
+        for rid in batch:
+            out[rid] = index
+            fin[rid] = t
+        p.batches += 1
+        p.served_rows += rows
+        p.busy_ms += service
+        if modelless:
+            p.limit = aimd_update(p.limit, t > tightest_ms, p.aimd)
+            predicted = max(p.base.predict_ms(rows), _MIN_SERVICE_MS)
+            p.correction += self.config.correction_alpha * (service / predicted - p.correction)
+            p.live = LatencyModel(p.base.intercept_ms * p.correction, p.base.per_row_ms * p.correction)
+            self.selector.touch(p)
+            self.selector.corrected(p)
+
+    # ---- replicas and autoscaling -------------------------------------------
+
+    def _start(self, p: Pool, count: int) -> None:
+        for _ in range(count):
+            ready_at = self.now + p.variant.load_ms
+            p.starting.append(ready_at)
+            self.cpus_used += p.variant.cpus
+            self._push(ready_at, _READY, p, None)
+        p.max_replicas = max(p.max_replicas, p.provisioned)
+        self.selector.everything_changed()
+
+    def _stop(self, p: Pool, count: int) -> None:
+        while count and p.starting:
+            p.starting.pop()
+            self.cpus_used -= p.variant.cpus
+            count -= 1
+        while count and p.free:
+            p.free -= 1
+            self._leave(p)
+            count -= 1
+        while count and p.busy > p.retiring:
+            p.retiring += 1  # leaves when its batch is done
+            count -= 1
+        self._strand_if_unserved(p)
+        self.selector.everything_changed()
+
+    def _leave(self, p: Pool) -> None:
+        p.ready -= 1
+        self.cpus_used -= p.variant.cpus
+        self._strand_if_unserved(p)
+        self.selector.everything_changed()
+
+    def _strand_if_unserved(self, p: Pool) -> None:
+        """With no replica up or coming, the requests queued on ``p`` are dropped (``unloaded``)."""
+        if p.ready == 0 and not p.starting and p.edf:
+            for _, rid in p.edf:
+                self.out[rid] = DROPPED_UNLOADED
+            p.drops += len(p.edf)
+            p.edf.clear()
+            p.queued_rows = 0
+
+    def _tick(self, modelless: bool) -> None:
+        interval_s = self.config.autoscale_interval_s
+        now_s = self.now / 1000.0
+        if modelless:
+            loads = []
+            for p in self.pools:
+                v = p.variant
+                # What the server exports: the mean time requests waited before their batch started.
+                queue_ms = p.queue_wait_ms / p.queue_waits if p.queue_waits else 0.0
+                p.queue_wait_ms, p.queue_waits = 0.0, 0
+                loads.append(
+                    VariantLoad(
+                        p.key,
+                        p.provisioned,
+                        (p.routed_rows + p.refused_rows) / interval_s,
+                        capacity_within_slo(
+                            v.intercept_ms, v.per_row_ms, v.max_batch, self.tightest_slo_ms, v.capacity_rps
+                        ),
+                        queue_ms,
+                        v.cpus,
+                        v.load_ms,
+                    )
+                )
+                p.routed_rows = p.refused_rows = 0
+            decisions, self.autoscale_state = decide_scaling(loads, self.autoscale_state, now_s, self.autoscale_cfg)
+            targets: dict[str, int] = {}
+            for decision in decisions:
+                self.decisions.append((now_s, decision))
+                targets[decision.variant] = decision.replicas
+            by_key = {p.key: p for p in self.pools}
+            for key, target in targets.items():
+                pool = by_key[key]
+                if target < pool.provisioned:
+                    self._stop(pool, pool.provisioned - target)
+            for key, target in targets.items():
+                pool = by_key[key]
+                if target > pool.provisioned:
+                    self._start(pool, target - pool.provisioned)
+        self._sample()
+        next_ms = self.now + interval_s * 1000.0
+        if next_ms <= self.workload.duration_s * 1000.0 + 1e-9:
+            self._push(next_ms, _TICK, None, None)
+
+    def _sample(self) -> None:
+        self.samples.append((self.now / 1000.0, tuple(p.provisioned for p in self.pools)))

@@ -1,0 +1,217 @@
+"""The prediction cache: digests, LRU by bytes, TTL on a fake clock, invalidation, and through the data plane."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from sloserve.catalog import CatalogSnapshot, LoadedModel, RunningVersion
+from sloserve.dataplane.cache import ENTRY_OVERHEAD_BYTES, PredictionCache, input_digest
+from sloserve.dataplane.dataplane import DataPlane
+from sloserve.errors import InvalidArgumentError
+from sloserve.metrics import ServingMetrics
+from sloserve.model_config import CacheConfig, HedgingConfig, ModelConfig, TensorSpec
+from sloserve.protocol.types import InferRequest, Tensor
+from sloserve.replica import Arrays
+from sloserve.testing import FakeClock, FakeReplica
+from sloserve.types import ModelName, VersionId
+
+V1 = VersionId("1")
+
+arrays = hnp.arrays(
+    dtype=st.sampled_from([np.float32, np.int64, np.uint8, np.float64]),
+    shape=hnp.array_shapes(min_dims=1, max_dims=3, max_side=4),
+)
+tensors = st.dictionaries(st.sampled_from(["a", "b", "input", "x"]), arrays, min_size=1, max_size=3)
+
+
+def _same(a: dict[str, np.ndarray[Any, Any]], b: dict[str, np.ndarray[Any, Any]]) -> bool:
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and a[k].tobytes() == b[k].tobytes() for k in a
+    )
+
+
+@given(tensors, tensors)
+def test_different_inputs_never_share_a_digest(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assume(not _same(a, b))
+    assert input_digest(a) != input_digest(b)
+
+
+@given(tensors)
+def test_the_same_input_has_the_same_digest_in_any_order_and_layout(a: dict[str, Any]) -> None:
+    copies = {k: np.array(v, order="F") for k, v in reversed(list(a.items()))}
+    assert input_digest(a) == input_digest(copies)
+
+
+def test_digests_tell_apart_what_bytes_alone_would_not() -> None:
+    x = np.zeros((2, 3), np.float32)
+    assert input_digest({"x": x}) != input_digest({"x": x.reshape(3, 2)})  # shape
+    assert input_digest({"x": x}) != input_digest({"y": x})  # name
+    assert input_digest({"x": x}) != input_digest({"x": x.view(np.int32)})  # dtype
+    words = np.array([[b"ab", b"c"]], dtype=np.object_)
+    assert input_digest({"w": words}) != input_digest({"w": np.array([[b"a", b"bc"]], dtype=np.object_)})
+
+
+CONFIG = ModelConfig(
+    name=ModelName("m"),
+    inputs=(TensorSpec("x", "FP32", (-1, 2)),),
+    outputs=(TensorSpec("y", "FP32", (-1, 2)),),
+    max_batch_size=4,
+    cache=CacheConfig(enabled=True, ttl_s=10.0, max_bytes=4 * (ENTRY_OVERHEAD_BYTES + 8)),
+    hedging=HedgingConfig(enabled=False),
+)
+
+
+def snapshot(config: ModelConfig, running: RunningVersion) -> CatalogSnapshot:
+    loaded = LoadedModel(config, (running.version,), running.version, MappingProxyType({running.version: running}))
+    return CatalogSnapshot(loaded=MappingProxyType({config.name: loaded}))
+
+
+def out(value: float) -> dict[str, np.ndarray[Any, Any]]:
+    return {"y": np.full((1, 2), value, np.float32)}  # 8 bytes: an entry costs ENTRY_OVERHEAD_BYTES + 8
+
+
+def cache_with(config: ModelConfig = CONFIG) -> tuple[PredictionCache, FakeClock, RunningVersion]:
+    clock = FakeClock()
+    cache = PredictionCache(clock)
+    running = RunningVersion(V1, (FakeReplica("a"),))
+    cache.retain(snapshot(config, running))
+    return cache, clock, running
+
+
+def test_a_stored_answer_is_returned_read_only_and_a_copy() -> None:
+    cache, _, running = cache_with()
+    answer = out(1.0)
+    cache.store("m", running, b"k", answer)
+    answer["y"][:] = 99  # the caller's array is not the cached one
+    got = cache.lookup("m", V1, b"k")
+    assert got is not None and got["y"].tolist() == [[1.0, 1.0]]
+    assert not got["y"].flags.writeable
+    assert cache.lookup("m", V1, b"other") is None
+    assert cache.lookup("m", VersionId("2"), b"k") is None
+
+
+def test_the_bytes_bound_holds_and_the_least_recently_used_goes_first() -> None:
+    cache, _, running = cache_with()
+    for i in range(4):
+        cache.store("m", running, bytes([i]), out(float(i)))
+    assert cache.lookup("m", V1, bytes([0])) is not None  # 0 is now the most recently used
+    cache.store("m", running, b"new", out(9.0))
+    assert cache.nbytes("m") <= CONFIG.cache.max_bytes
+    assert cache.lookup("m", V1, bytes([1])) is None  # evicted
+    assert all(cache.lookup("m", V1, k) is not None for k in (bytes([0]), bytes([2]), bytes([3]), b"new"))
+    huge = {"y": np.zeros((1000, 2), np.float32)}
+    cache.store("m", running, b"huge", huge)  # larger than the whole cache: not kept, nothing evicted
+    assert cache.lookup("m", V1, b"huge") is None and len(cache) == 4
+
+
+@given(st.lists(st.tuples(st.integers(0, 20), st.integers(1, 40)), max_size=60))
+def test_the_bytes_bound_holds_for_any_sequence_of_stores(stores: list[tuple[int, int]]) -> None:
+    cache, _, running = cache_with(replace(CONFIG, cache=CacheConfig(enabled=True, max_bytes=3000)))
+    for key, rows in stores:
+        cache.store("m", running, bytes([key]), {"y": np.zeros((rows, 2), np.float32)})
+        assert cache.nbytes("m") <= 3000
+
+
+async def test_entries_expire_after_their_ttl() -> None:
+    cache, clock, running = cache_with()
+    cache.store("m", running, b"k", out(1.0))
+    await clock.advance(9.9)
+    assert cache.lookup("m", V1, b"k") is not None
+    await clock.advance(0.2)
+    assert cache.lookup("m", V1, b"k") is None
+    assert cache.nbytes("m") == 0
+
+
+def test_a_model_change_invalidates_but_scaling_a_version_does_not() -> None:
+    cache, _, running = cache_with()
+    cache.store("m", running, b"k", out(1.0))
+    scaled = RunningVersion(V1, (*running.replicas, FakeReplica("b")))  # same replicas plus one
+    cache.retain(snapshot(CONFIG, scaled))
+    assert cache.lookup("m", V1, b"k") is not None
+    reloaded = RunningVersion(V1, (FakeReplica("a"),))  # a new artifact: all new workers
+    cache.retain(snapshot(CONFIG, reloaded))
+    assert cache.lookup("m", V1, b"k") is None
+    cache.store("m", running, b"k", out(1.0))  # computed by the old replicas while it was replaced
+    assert cache.lookup("m", V1, b"k") is None
+    cache.store("m", reloaded, b"k", out(2.0))
+    changed = replace(CONFIG, cache=replace(CONFIG.cache, ttl_s=5.0))
+    cache.retain(snapshot(changed, reloaded))  # a new config
+    assert cache.lookup("m", V1, b"k") is None
+    cache.store("m", reloaded, b"k", out(2.0))
+    cache.retain(CatalogSnapshot())  # unloaded
+    assert cache.lookup("m", V1, b"k") is None and len(cache) == 0
+
+
+def test_a_model_with_the_cache_off_stores_nothing() -> None:
+    cache, _, running = cache_with(replace(CONFIG, cache=CacheConfig(enabled=False)))
+    cache.store("m", running, b"k", out(1.0))
+    assert cache.lookup("m", V1, b"k") is None
+
+
+# ---------------------------------------------------------------- through the data plane
+
+
+def triple(inputs: Arrays) -> dict[str, np.ndarray[Any, Any]]:
+    return {"y": inputs["x"] * np.float32(3)}
+
+
+def infer_request(x: np.ndarray[Any, Any]) -> InferRequest:
+    return InferRequest(model_name="m", inputs=[Tensor("x", "FP32", x.shape, x)])
+
+
+async def plane_with(config: ModelConfig, replicas: int = 2) -> tuple[DataPlane, list[FakeReplica], FakeClock]:
+    clock = FakeClock()
+    metrics = ServingMetrics()
+    plane = DataPlane(clock, metrics)
+    fakes = [FakeReplica(f"r{i}", 2, compute=triple) for i in range(replicas)]
+    await plane.apply_catalog(snapshot(config, RunningVersion(V1, tuple(fakes))))
+    return plane, fakes, clock
+
+
+async def test_a_repeated_request_is_answered_from_the_cache_and_says_so() -> None:
+    plane, fakes, _ = await plane_with(replace(CONFIG, cache=CacheConfig(enabled=True)))
+    x = np.array([[1.0, 2.0]], np.float32)
+    first = await plane.infer(infer_request(x))
+    second = await plane.infer(infer_request(x.copy()))
+    assert first.parameters == {} and second.parameters == {"cache": True}
+    assert np.array_equal(first.outputs[0].data, second.outputs[0].data)
+    assert sum(len(f.batches) for f in fakes) == 1
+    other = await plane.infer(infer_request(np.array([[1.0, 2.5]], np.float32)))
+    assert other.parameters == {} and other.outputs[0].data.tolist() == [[3.0, 7.5]]
+    text = plane._metrics.exposition().decode()
+    assert 'sloserve_cache_hit_total{model="m"} 1.0' in text
+    assert 'sloserve_cache_miss_total{model="m"} 2.0' in text
+    await plane.apply_catalog(CatalogSnapshot())
+
+
+async def test_reloading_the_model_invalidates_its_answers() -> None:
+    config = replace(CONFIG, cache=CacheConfig(enabled=True))
+    plane, _, _ = await plane_with(config)
+    x = np.array([[1.0, 2.0]], np.float32)
+    await plane.infer(infer_request(x))
+    assert (await plane.infer(infer_request(x))).parameters == {"cache": True}
+    new = FakeReplica("new", 2, compute=lambda inputs: {"y": inputs["x"] * np.float32(4)})
+    await plane.apply_catalog(snapshot(config, RunningVersion(V1, (new,))))  # a new artifact
+    again = await plane.infer(infer_request(x))
+    assert again.parameters == {} and again.outputs[0].data.tolist() == [[4.0, 8.0]]
+    await plane.apply_catalog(CatalogSnapshot())
+
+
+async def test_a_request_larger_than_the_best_batch_is_split_and_answered_in_order() -> None:
+    plane, fakes, _ = await plane_with(CONFIG, replicas=3)
+    x = np.arange(4 * 64 * 2, dtype=np.float32).reshape(-1, 2)  # 256 rows: 64 x max_batch_size 4, the bound
+    response = await plane.infer(infer_request(x))
+    assert np.array_equal(response.outputs[0].data, x * np.float32(3))
+    assert all(b["x"].shape[0] <= 4 for f in fakes for b in f.batches)
+    assert all(f.batches for f in fakes)
+    with pytest.raises(InvalidArgumentError, match="max_batch_size"):
+        await plane.infer(infer_request(np.zeros((257, 2), np.float32)))
+    await plane.apply_catalog(CatalogSnapshot())
