@@ -122,6 +122,7 @@ class _Worker:
         self._output_names: tuple[str, ...] = ()
         self._closed = False  # no new work; pending failed
         self._shutdown_task: asyncio.Task[None] | None = None
+        self._reaped = False
         self.dropped = 0
         self._loop.add_reader(conn.fileno(), self._on_readable)
         self._loop.add_reader(proc.sentinel, self._on_exit)
@@ -186,11 +187,17 @@ class _Worker:
         return True
 
     async def reap(self) -> None:
-        """Collect the exited process (its sentinel fires a moment before it can be waited for)."""
+        """Collect the exited process (its sentinel fires a moment before it can be waited for).
+        Idempotent: a replica stopped while it waits to restart reaps the dead worker again."""
+        if self._reaped:
+            return
         for _ in range(500):
             if self.proc.exitcode is not None:
                 break
             await asyncio.sleep(0.01)
+        if self._reaped:
+            return
+        self._reaped = True
         with contextlib.suppress(ValueError, OSError):
             self._loop.remove_reader(self.proc.sentinel)
         with contextlib.suppress(ValueError):
@@ -506,6 +513,9 @@ class LocalReplica:
     async def run(self, inputs: Arrays, output_names: Sequence[str]) -> _Outputs:
         worker = self._worker
         if self._state is not _State.READY or worker is None:
+            if self._state in (_State.RESTARTING, _State.FAILED, _State.STOPPED):
+                # Chosen while it was up; it died or stopped since: the batch never ran, retry elsewhere.
+                raise ReplicaDiedError(f"replica {self._id} is {self._state.value}")
             raise UnavailableError(f"replica {self._id} is {self._state.value}")
         slot = await worker.acquire()
         try:

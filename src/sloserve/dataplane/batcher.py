@@ -128,6 +128,8 @@ class DynamicBatcher:
         self._loop_task: asyncio.Task[None] | None = None
         self.expired = 0
         """Requests dropped because they could no longer meet their deadline."""
+        self.running_ms = 0.0
+        """Predicted latency of the batches running now, summed."""
 
     @property
     def queued(self) -> int:
@@ -241,6 +243,9 @@ class DynamicBatcher:
 
     async def _run(self, batch: list[_Waiting], replica: Replica) -> None:
         started = self._clock.now()
+        rows = sum(w.rows for w in batch)
+        predicted_ms = self.model.predict_ms(rows)
+        self.running_ms += predicted_ms
         try:
             outputs = await self._replicas.execute(replica, _merge(batch))
         except SloserveError as error:
@@ -249,9 +254,10 @@ class DynamicBatcher:
         except Exception as error:  # a bug: still answer every waiting request
             _fail(batch, InternalError(f"batch failed: {error!r}"))
             return
+        finally:
+            self.running_ms = max(0.0, self.running_ms - predicted_ms)
         finished = self._clock.now()
         compute_s = finished - started
-        rows = sum(w.rows for w in batch)
         missed = any(w.deadline_s is not None and finished > w.deadline_s for w in batch)
         self.limit = aimd_update(self.limit, missed, self._aimd)
         if self._on_batch is not None:

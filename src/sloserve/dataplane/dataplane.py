@@ -9,6 +9,7 @@ path only reads ``self._models``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,12 +20,17 @@ from sloserve.clock import Clock
 from sloserve.dataplane.batcher import RowsResult
 from sloserve.dataplane.cache import PredictionCache, input_digest
 from sloserve.dataplane.host import VersionHost
+from sloserve.dataplane.selector import AdmissionRefused, choose_variant
+from sloserve.dataplane.slo import request_slo
 from sloserve.dataplane.splitter import MAX_CHUNKS, scatter_gather
 from sloserve.dataplane.validation import check_request
 from sloserve.errors import NotFoundError, ResourceExhaustedError, SloserveError, UnavailableError
 from sloserve.metrics import ServingMetrics
+from sloserve.policy.autoscale import VariantLoad, capacity_within_slo
+from sloserve.policy.selection import Slo
 from sloserve.protocol.types import InferRequest, InferResponse, Tensor
 from sloserve.types import ModelName, VersionId
+from sloserve.variant import VariantProfile
 
 SERVER_NAME = "sloserve"
 EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics")
@@ -59,6 +65,9 @@ class DataPlane:
         self._control: RepositoryControl | None = None
         self._ready = False
         self._cache = PredictionCache(clock)
+        self._loads_read_at = clock.now()
+        self._wanted: dict[tuple[str, VersionId], int] = {}
+        """Rows that a variant not running would have served (refused, or sent to a dearer one)."""
 
     # -- wiring, called by the composition root and the control plane -----------------------------
 
@@ -79,15 +88,68 @@ class DataPlane:
                 if host is None or host.running is not running:
                     if host is not None:
                         current[(name, version)] = host  # replaced: retire the old one below
-                    host = VersionHost(loaded.config, running, self._clock, self._metrics)
+                    profile = loaded.profiles.get(version)
+                    host = VersionHost(
+                        loaded.config,
+                        running,
+                        self._clock,
+                        self._metrics,
+                        profile=profile,
+                        split_rows=profile.best_batch if profile is not None else None,
+                    )
                     host.start()
                 hosts[version] = host
+                self._metrics.replicas(name, version, len(running.replicas))
             models[name] = _ModelView(loaded, hosts)
         self._models = models
         self._catalog = snapshot
         self._cache.retain(snapshot)  # answers of replaced models and versions go
-        for host in current.values():
+        for (gone, version), host in current.items():
+            if gone not in models or version not in models[gone].hosts:
+                self._metrics.replicas(gone, version, 0)
             await host.close()
+
+    def variant_loads(self) -> dict[str, list[VariantLoad]]:
+        """Per registered model, each variant's load since the last call (for the autoscaler)."""
+        loads: dict[str, list[VariantLoad]] = {}
+        interval_s = self._load_interval()
+        for name, view in self._models.items():
+            loaded = view.loaded
+            if not loaded.profiles:
+                continue
+            tightest = loaded.config.default_slo.latency_slo_ms
+            variants = []
+            for version, profile in loaded.profiles.items():
+                host = view.hosts.get(version)
+                routed, refused, queue_ms = host.take_load() if host is not None else (0, 0, 0.0)
+                refused += self._wanted.pop((name, version), 0)
+                capacity = capacity_within_slo(
+                    profile.latency_intercept_ms,
+                    profile.latency_per_row_ms,
+                    max(loaded.config.max_batch_size, 1),
+                    tightest,
+                    profile.throughput_sps,
+                )
+                variants.append(
+                    VariantLoad(
+                        version,
+                        host.replica_count if host is not None else 0,
+                        (routed + refused) / interval_s,
+                        capacity,
+                        queue_ms,
+                        loaded.config.intra_op_threads,
+                        profile.load_ms,
+                        min_replicas=1 if version == loaded.default else 0,
+                    )
+                )
+            loads[name] = variants
+        return loads
+
+    def _load_interval(self) -> float:
+        now = self._clock.now()
+        elapsed = max(now - self._loads_read_at, 1e-3)
+        self._loads_read_at = now
+        return elapsed
 
     # -- health and metadata ----------------------------------------------------------------------
 
@@ -152,10 +214,17 @@ class DataPlane:
     async def infer(self, request: InferRequest) -> InferResponse:
         name = request.model_name
         started = self._clock.now()
-        host = await self._host(name, request.model_version)
-        split_rows = host.split_rows
+        view, version = self._view(name, request.model_version)
+        config = view.loaded.config
+        slo = request_slo(request.parameters, config.default_slo, _reference_accuracy(view.loaded))
+        split_rows = config.max_batch_size
         max_rows = split_rows * MAX_CHUNKS if split_rows > 0 else None
-        inputs, rows, output_names = check_request(request, host.config, max_rows)
+        inputs, rows, output_names = check_request(request, config, max_rows)
+        if not request.model_version and view.loaded.profiles:
+            version = self._select(view, slo, rows)
+        host = await self._host(name, version)
+        host.routed(rows)
+        deadline = None if slo.latency_ms is None or slo.best_effort else started + slo.latency_ms / 1e3
         key = input_digest(inputs) if host.config.cache.enabled else None
         if key is not None:
             cached = self._cache.lookup(name, host.version, key)
@@ -168,11 +237,12 @@ class DataPlane:
                 return self._response(request, host, output_names, RowsResult(cached, 0.0, 0.0), cached=True)
         waiting: Awaitable[RowsResult]
         try:
-            if split_rows > 0 and rows > split_rows:
-                waiting = scatter_gather(host.batcher.submit, inputs, rows, split_rows)
-                self._metrics.request_split(name, -(-rows // split_rows))
+            if host.split_rows > 0 and rows > host.split_rows:
+                submit = functools.partial(host.batcher.submit, deadline_s=deadline)
+                waiting = scatter_gather(submit, inputs, rows, host.split_rows)
+                self._metrics.request_split(name, -(-rows // host.split_rows))
             else:
-                waiting = host.batcher.submit(inputs, rows)
+                waiting = host.batcher.submit(inputs, rows, deadline)
         except ResourceExhaustedError as error:
             self._metrics.request_rejected(name, error.code.value)
             host.stats.request_failed(0.0)
@@ -191,10 +261,51 @@ class DataPlane:
         elapsed = self._clock.now() - started
         self._metrics.request_succeeded(name, rows, elapsed, result.queue_s)
         host.stats.request_succeeded(rows, elapsed, result.queue_s, result.compute_s)
+        host.waited(result.queue_s)
         if key is not None:
             self._cache.store(name, host.running, key, result.outputs)
             self._metrics.cache_size(name, self._cache.nbytes(name))
-        return self._response(request, host, output_names, result)
+        met = _slo_met(slo, elapsed, host.profile)
+        self._metrics.slo_outcome(name, host.version, met)
+        return self._response(request, host, output_names, result, slo_met=met)
+
+    def _select(self, view: _ModelView, slo: Slo, rows: int) -> VersionId:
+        """The variant for an unpinned query of a registered model (admission control included)."""
+        loaded = view.loaded
+        name = loaded.name
+        try:
+            choice = choose_variant(loaded.profiles, view.hosts, slo, rows, loaded.config.max_batch_size)
+        except AdmissionRefused as refused:
+            self._metrics.request_rejected(name, "slo_overloaded")
+            host = view.hosts.get(VersionId(refused.variant))
+            if host is not None:
+                host.refused(rows)
+            else:
+                key = (name, VersionId(refused.variant))
+                self._wanted[key] = self._wanted.get(key, 0) + rows
+            raise
+        except SloserveError:
+            self._metrics.request_rejected(name, "slo_impossible")
+            raise
+        self._metrics.variant_selected(name, choice.variant)
+        self._note_cheaper_idle(view, slo, choice.variant, rows)
+        return VersionId(choice.variant)
+
+    def _note_cheaper_idle(self, view: _ModelView, slo: Slo, chosen: str, rows: int) -> None:
+        """Count demand for a cheaper accurate-enough variant that is not running, so the autoscaler starts it."""
+        profiles = view.loaded.profiles
+        cost = profiles[VersionId(chosen)].cost_cpu_s_per_1k
+        cheaper = [
+            (p.cost_cpu_s_per_1k, v)
+            for v, p in profiles.items()
+            if v not in view.hosts
+            and p.cost_cpu_s_per_1k < cost
+            and (slo.min_accuracy is None or (p.accuracy is not None and p.accuracy >= slo.min_accuracy))
+            and (slo.latency_ms is None or p.predict_latency_ms(rows) <= slo.latency_ms)
+        ]
+        if cheaper:
+            key = (view.loaded.name, min(cheaper)[1])
+            self._wanted[key] = self._wanted.get(key, 0) + rows
 
     @staticmethod
     def _response(
@@ -203,6 +314,7 @@ class DataPlane:
         output_names: tuple[str, ...],
         result: RowsResult,
         cached: bool = False,
+        slo_met: bool = True,
     ) -> InferResponse:
         config = host.config
         outputs = []
@@ -211,7 +323,14 @@ class DataPlane:
             spec = config.output(out_name)
             datatype = spec.datatype if spec is not None else "BYTES"
             outputs.append(Tensor(out_name, datatype, array.shape, array))
-        parameters = {"cache": True} if cached else {}
+        parameters: dict[str, Any] = {
+            "variant": host.version,
+            "queue_ms": round(result.queue_s * 1e3, 4),
+            "compute_ms": round(result.compute_s * 1e3, 4),
+            "slo_met": slo_met,
+        }
+        if cached:
+            parameters["cache"] = True
         return InferResponse(
             model_name=request.model_name,
             model_version=host.version,
@@ -258,3 +377,19 @@ class DataPlane:
 
     async def unload_model(self, name: str) -> None:
         await self._require_control().unload(name)
+
+
+def _reference_accuracy(loaded: LoadedModel) -> float | None:
+    """The accuracy of the model's default (reference) variant, when measured."""
+    profile = loaded.profiles.get(loaded.default)
+    return profile.accuracy if profile is not None else None
+
+
+def _slo_met(slo: Slo, elapsed_s: float, profile: VariantProfile | None) -> bool:
+    fast = slo.latency_ms is None or elapsed_s * 1e3 <= slo.latency_ms
+    accurate = (
+        slo.min_accuracy is None
+        or profile is None
+        or (profile.accuracy is not None and profile.accuracy >= slo.min_accuracy)
+    )
+    return fast and accurate

@@ -1,8 +1,9 @@
 """The live state hedging decisions are made from, for one running version.
 
-:class:`Hedger` keeps the version's recent batch latencies (per size class), each
-replica's recent slowness, the budget's tokens and the recent hedge outcomes, and
-asks :mod:`sloserve.policy.hedging` what to do. The race itself (primary, timer,
+:class:`Hedger` keeps the version's recent batch latencies (per size class) and
+their slowly moving baseline medians, each replica's recent slowness, the
+budget's tokens and counts of what hedging did, and asks
+:mod:`sloserve.policy.hedging` what to do. The race itself (primary, timer,
 backup, first answer wins) is :meth:`ReplicaSet.execute
 <sloserve.dataplane.replica_set.ReplicaSet.execute>`.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sloserve.catalog import RunningVersion
 from sloserve.clock import Clock
 from sloserve.dataplane.batcher import BatchingSpec, DynamicBatcher
@@ -10,7 +12,20 @@ from sloserve.dataplane.replica_set import ReplicaSet
 from sloserve.dataplane.stats import ModelStats
 from sloserve.metrics import ServingMetrics
 from sloserve.model_config import ModelConfig
+from sloserve.policy.batching import LatencyModel
 from sloserve.policy.routing import DEFAULT_ROUTING, Routing
+from sloserve.variant import VariantProfile
+
+EWMA_ALPHA = 0.1
+MIN_CORRECTION, MAX_CORRECTION = 0.25, 8.0
+
+
+@dataclass(slots=True)
+class _LoadWindow:
+    rows: int = 0
+    refused_rows: int = 0
+    queue_s: float = 0.0
+    waits: int = 0
 
 
 class VersionHost:
@@ -26,6 +41,7 @@ class VersionHost:
         *,
         split_rows: int | None = None,
         routing: Routing = DEFAULT_ROUTING,
+        profile: VariantProfile | None = None,
     ) -> None:
         self.config = config
         self.running = running
@@ -46,11 +62,71 @@ class VersionHost:
             max_queue_size=config.batching.max_queue_size,
         )
 
+        self.profile = profile
+        self.correction = 1.0
+        """EWMA of observed / profiled batch latency: the machine is shared and drifts."""
+        self._load = _LoadWindow()
+
         def on_batch(rows: int, compute_s: float) -> None:
             self.stats.batch_executed(rows, compute_s)
             metrics.batch_executed(name, rows, compute_s)
+            self._observe(rows, compute_s * 1e3)
 
-        self.batcher = DynamicBatcher(spec, self.replicas, clock, on_batch)
+        initial = self._profiled_model(profile) if profile is not None else LatencyModel(0.0, 0.0)
+        self.batcher = DynamicBatcher(spec, self.replicas, clock, on_batch, initial)
+
+    def _profiled_model(self, p: VariantProfile) -> LatencyModel:
+        return LatencyModel(p.latency_intercept_ms * self.correction, p.latency_per_row_ms * self.correction)
+
+    def _observe(self, rows: int, compute_ms: float) -> None:
+        """Correct the latency model by what batches really take (unprofiled: learn a flat one)."""
+        if self.profile is None:
+            previous = self.batcher.model.intercept_ms
+            learned = compute_ms if previous == 0 else previous + EWMA_ALPHA * (compute_ms - previous)
+            self.batcher.model = LatencyModel(learned, 0.0)
+            return
+        predicted = max(self.profile.predict_latency_ms(rows), 1e-3)
+        ratio = min(MAX_CORRECTION, max(MIN_CORRECTION, compute_ms / predicted))
+        self.correction += EWMA_ALPHA * (ratio - self.correction)
+        self.batcher.model = self._profiled_model(self.profile)
+
+    # -- what selection (LiveState) and the autoscaler read -----------------------------------------
+
+    @property
+    def queued_rows(self) -> int:
+        return self.batcher.queued_rows
+
+    @property
+    def busy(self) -> int:
+        return self.batcher.busy
+
+    @property
+    def running_ms(self) -> float:
+        return self.batcher.running_ms
+
+    @property
+    def replica_count(self) -> int:
+        return len(self.running.replicas)
+
+    @property
+    def batch_limit(self) -> int:
+        return self.batcher.limit
+
+    def routed(self, rows: int) -> None:
+        self._load.rows += rows
+
+    def refused(self, rows: int) -> None:
+        self._load.refused_rows += rows
+
+    def waited(self, queue_s: float) -> None:
+        self._load.queue_s += queue_s
+        self._load.waits += 1
+
+    def take_load(self) -> tuple[int, int, float]:
+        """(rows routed, rows refused, mean queue wait in ms) since the last call."""
+        load, self._load = self._load, _LoadWindow()
+        mean_ms = load.queue_s / load.waits * 1e3 if load.waits else 0.0
+        return load.rows, load.refused_rows, mean_ms
 
     def start(self) -> None:
         self.batcher.start()

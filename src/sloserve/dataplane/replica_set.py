@@ -201,9 +201,12 @@ class ReplicaSet:
                             if task is backup and first in runs:
                                 hedger.observe(primary.id, rows, self._clock.now() - started)  # at least this
                         return task.result()
-                    if not isinstance(error, ReplicaDiedError):
-                        raise error  # a model error: the twin would fail the same way
-                    deaths.append(error.message)
+                    if isinstance(error, ReplicaDiedError):
+                        deaths.append(error.message)
+                    elif task is backup and runs:
+                        backup = None  # the backup failed; the original is still running
+                    else:
+                        raise error  # as without hedging
                 if fired:
                     timer, rang = None, False
                     target = self._reserve_backup(used, hedger, checks)

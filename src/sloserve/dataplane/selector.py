@@ -31,6 +31,14 @@ from sloserve.types import VersionId
 from sloserve.variant import VariantProfile
 
 
+class AdmissionRefused(ResourceExhaustedError):
+    """No variant can serve the query in time now; ``variant`` would have, on an idle server."""
+
+    def __init__(self, message: str, variant: str) -> None:
+        super().__init__(message)
+        self.variant = variant
+
+
 class LiveState(Protocol):
     """What selection reads from a running version (implemented by ``VersionHost``)."""
 
@@ -48,6 +56,9 @@ class LiveState(Protocol):
 
     @property
     def correction(self) -> float: ...
+
+    @property
+    def running_ms(self) -> float: ...
 
 
 def candidate(
@@ -74,7 +85,9 @@ def candidate(
         model.per_row_ms,
         profile.cost_cpu_s_per_1k,
         loaded=True,
-        queue_ms=queue_delay_ms(live.queued_rows, live.busy, live.replica_count, limit, corrected),
+        queue_ms=queue_delay_ms(
+            live.queued_rows, live.busy, live.replica_count, limit, corrected, running_ms=live.running_ms / 2
+        ),
         batch_rows=expected_batch_rows(live.queued_rows, rows, limit),
         correction=live.correction,
     )
@@ -100,4 +113,4 @@ def choose_variant(
             f"no variant can meet latency_slo_ms={slo.latency_ms} and min_accuracy={slo.min_accuracy} "
             f'even on an idle server: {describe(idle)}. Relax the SLO or send "best_effort": true'
         )
-    raise ResourceExhaustedError(f"overloaded: {describe(choice)}; retry later")
+    raise AdmissionRefused(f"overloaded: {describe(choice)}; retry later", idle.variant)

@@ -134,6 +134,29 @@ class ServingMetrics:
         )
         self._children: dict[str, _ModelChildren] = {}
 
+        # model-less serving (issue 4)
+        self._slo = Counter(
+            "sloserve_slo_requests",
+            "Answered requests by whether they met their SLO (latency and accuracy), per variant.",
+            ["model", "variant", "met"],
+            registry=r,
+        )
+        self._selections = Counter(
+            "sloserve_variant_selections",
+            "Queries routed to each variant by selection.",
+            ["model", "variant"],
+            registry=r,
+        )
+        self._replicas = Gauge(
+            "sloserve_replicas", "Replicas running per variant (version).", ["model", "variant"], registry=r
+        )
+        self._scale_decisions = Counter(
+            "sloserve_autoscaler_decisions",
+            "Autoscaler decisions, by action (scale_up, scale_down, upgrade, reclaim).",
+            ["model", "variant", "action"],
+            registry=r,
+        )
+
     def _model(self, model: str) -> _ModelChildren:
         children = self._children.get(model)
         if children is None:
@@ -197,6 +220,18 @@ class ServingMetrics:
     def request_split(self, model: str, chunks: int) -> None:
         self._splits.labels(model).inc()
         self._split_chunks.labels(model).inc(chunks)
+
+    def slo_outcome(self, model: str, variant: str, met: bool) -> None:
+        self._slo.labels(model, variant, "true" if met else "false").inc()
+
+    def variant_selected(self, model: str, variant: str) -> None:
+        self._selections.labels(model, variant).inc()
+
+    def replicas(self, model: str, variant: str, count: int) -> None:
+        self._replicas.labels(model, variant).set(count)
+
+    def autoscale_decision(self, model: str, variant: str, action: str) -> None:
+        self._scale_decisions.labels(model, variant, action).inc()
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric in this registry."""

@@ -68,7 +68,7 @@ class HedgeParams:
     checks: int = 4
     """Times a running batch is considered for a backup (after the delay, then doubling)."""
     reserve: float = 2.0
-    """Tokens only a batch's second and later checks may spend."""
+    """Tokens only a batch's second and later checks may spend (below ``burst``, or first checks never fire)."""
 
     @classmethod
     def from_config(cls, config: HedgingConfig) -> HedgeParams:

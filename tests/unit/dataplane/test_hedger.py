@@ -265,3 +265,17 @@ async def test_through_the_batcher_every_request_is_answered_once_with_its_own_r
     assert answered + cancelled == sum(len(r.batches) for r in lab.replicas)
     assert cancelled == counts.cancelled
     await batcher.close()
+
+
+async def test_a_failing_backup_does_not_fail_a_batch_whose_original_still_runs() -> None:
+    lab = Lab(WARM)
+    await lab.warm_up()
+    r0 = lab.by_name("r0")
+    lab.slow["r0"].add(len(r0.batches))
+    for r in lab.replicas[1:]:
+        r._compute = lambda inputs: (_ for _ in ()).throw(UnavailableError("backup replica unavailable"))
+    task = await lab.start(batch(4.0), on="r0")
+    took = await lab.finish(task)
+    assert task.result()["y"].tolist() == [[8.0, 8.0]]  # the straggling original still answered
+    assert took == pytest.approx(SLOW_S, abs=STEP_S)
+    assert lab.hedger.counts.fired == 1
