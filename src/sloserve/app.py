@@ -16,11 +16,13 @@ from pathlib import Path
 
 from sloserve.clock import Clock, SystemClock
 from sloserve.cluster.local import LocalReplica
+from sloserve.control.autoscaler import Autoscaler
 from sloserve.control.lifecycle import ModelLifecycle
 from sloserve.control.registered import registry_lister, registry_planner
 from sloserve.dataplane.dataplane import DataPlane
 from sloserve.metrics import ServingMetrics
 from sloserve.model_config import ModelConfig
+from sloserve.policy.autoscale import AutoscaleConfig
 from sloserve.registry.db import RegistryDB
 from sloserve.registry.repository import ModelRepository
 from sloserve.replica import Replica
@@ -56,7 +58,8 @@ class Server:
     def __init__(self, settings: Settings, repository: Path, clock: Clock | None = None) -> None:
         self.settings = settings
         self.metrics = ServingMetrics()
-        self.dataplane = DataPlane(clock or SystemClock(), self.metrics)
+        self.clock = clock or SystemClock()
+        self.dataplane = DataPlane(self.clock, self.metrics)
         self.repository = ModelRepository(repository)
         self.registry = RegistryDB(settings.registry_path, repository)
         self.lifecycle = ModelLifecycle(
@@ -67,6 +70,14 @@ class Server:
             list_variants=registry_lister(self.registry),
         )
         self.dataplane.attach_control(self.lifecycle)
+        self.autoscaler = Autoscaler(
+            self.lifecycle,
+            self.dataplane.variant_loads,
+            AutoscaleConfig(cpu_budget=settings.cpu_budget),
+            self.clock,
+            interval_s=settings.autoscale_interval_s or 1.0,
+            on_decision=lambda model, d: self.metrics.autoscale_decision(model, d.variant, d.action),
+        )
         self._http: UvicornServer | None = None
         self._metrics_http: UvicornServer | None = None
         self._grpc: GrpcServer | None = None
@@ -88,11 +99,14 @@ class Server:
         await self._http.start()
         await self._grpc.start()
         await self._metrics_http.start()
+        if s.autoscale_interval_s > 0:
+            self.autoscaler.start()
         self.dataplane.set_ready(True)
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests within the grace period, stop replicas."""
         self.dataplane.set_ready(False)
+        await self.autoscaler.stop()
         transports = [t.stop() for t in (self._http, self._grpc) if t is not None]
         await asyncio.gather(*transports, return_exceptions=True)
         try:

@@ -42,6 +42,9 @@ class Settings:
     max_body_mb: float = 64.0
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
+    cpus: int = 0
+    """CPU budget for replicas across all models (0: every core of this machine)."""
+    autoscale_interval_s: float = 1.0
 
     @property
     def home_dir(self) -> Path:
@@ -51,6 +54,10 @@ class Settings:
     @property
     def registry_path(self) -> Path:
         return self.home_dir / "registry.sqlite3"
+
+    @property
+    def cpu_budget(self) -> int:
+        return self.cpus if self.cpus > 0 else (os.cpu_count() or 1)
 
     @property
     def max_body_bytes(self) -> int:
@@ -79,6 +86,12 @@ OPTIONS: dict[str, Option] = {
         "--shutdown-grace-s", "SLOSERVE_SHUTDOWN_GRACE_S", "on SIGINT/SIGTERM, seconds to finish in-flight requests"
     ),
     "log_level": Option("--log-level", "SLOSERVE_LOG_LEVEL", "debug, info, warning or error"),
+    "cpus": Option(
+        "--cpus", "SLOSERVE_CPUS", "CPU budget the autoscaler keeps replicas within (0: all cores of this machine)"
+    ),
+    "autoscale_interval_s": Option(
+        "--autoscale-interval-s", "SLOSERVE_AUTOSCALE_INTERVAL_S", "seconds between autoscaler decisions (0: off)"
+    ),
 }
 
 
@@ -112,6 +125,8 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str] | None = None
         value = getattr(settings, port)
         if not 0 <= value <= 65535:
             raise InvalidArgumentError(f"{OPTIONS[port].flag}: {value} is not a port number")
+    if settings.cpus < 0 or settings.autoscale_interval_s < 0:
+        raise InvalidArgumentError("--cpus and --autoscale-interval-s must be >= 0")
     if settings.log_level not in ("debug", "info", "warning", "error"):
         raise InvalidArgumentError(f"--log-level: {settings.log_level!r} is not one of debug, info, warning, error")
     return settings

@@ -244,7 +244,7 @@ async def _drain(replicas: Sequence[Replica], timeout_s: float = 30.0, poll_s: f
     """Wait (bounded) until replicas taken out of service have answered what they were running."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while any(r.outstanding for r in replicas) and loop.time() < deadline:
+    while any(r.outstanding for r in replicas) and loop.time() < deadline:  # noqa: ASYNC110 (no event to wait on)
         await asyncio.sleep(poll_s)
 
 
