@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sloserve.clock import Clock, SystemClock
+from sloserve.cluster.faults import faults_from_env
 from sloserve.cluster.local import LocalReplica
 from sloserve.control.autoscaler import Autoscaler
 from sloserve.control.lifecycle import ModelLifecycle
@@ -37,11 +38,13 @@ log = logging.getLogger(__name__)
 
 
 def local_replica(config: ModelConfig, artifact: Path, index: int) -> Replica:
+    replica_id = f"{config.name}-{artifact.parent.name}-{index}"
     return LocalReplica(
-        ReplicaId(f"{config.name}-{index}"),
+        ReplicaId(replica_id),
         artifact,
         intra_op_threads=config.intra_op_threads,
         max_batch_rows=max(config.max_batch_size, 1),
+        faults=faults_from_env(replica_id),  # SLOSERVE_FAULTS: server-side only, for tests and benchmarks
     )
 
 
