@@ -188,7 +188,7 @@ BAD_BODIES = {
     "unknown input": (with_input(name="pixels"), 400, "pixels"),
     "strings for floats": (with_input(data=["a"] * 64), 400, "input"),
     "unknown output": (orjson.dumps({**GOOD, "outputs": [{"name": "nope"}]}), 400, "nope"),
-    "too many rows": (with_input(shape=[4097, 64], data=[1.0] * 64 * 4097), 400, "max_batch_size"),
+    "too many rows": (with_input(shape=[4097, 64], data=[1] * 64 * 4097), 400, "max_batch_size"),
 }
 
 
