@@ -158,8 +158,24 @@ class DynamicBatcher:
             )
         future: asyncio.Future[RowsResult] = asyncio.get_running_loop().create_future()
         self._queue.push(_Waiting(inputs, rows, self._clock.now(), deadline_s, future))
-        self._arrival.set()
+        if not self._dispatch_now():
+            self._arrival.set()
         return future
+
+    def _dispatch_now(self) -> bool:
+        """Fast path at low load: with no batching window and a free slot, start the batch here and spare
+        the loop a wake-up (one event-loop hop, tens of µs, on every lightly loaded request)."""
+        if self._spec.max_queue_delay_s > 0 or self._loop_task is None or len(self._queue.heap) != 1:
+            return False
+        replica = self._replicas.try_acquire()
+        if replica is None:
+            return False
+        batch = self._take()
+        if not batch:
+            self._replicas.release(replica)
+            return True
+        self._start(batch, replica)
+        return True
 
     async def close(self) -> None:
         """Refuse new requests, let queued and running ones finish, stop the loop."""
@@ -183,9 +199,12 @@ class DynamicBatcher:
             if not batch:
                 self._replicas.release(replica)
                 continue
-            task = asyncio.create_task(self._run(batch, replica))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._start(batch, replica)
+
+    def _start(self, batch: list[_Waiting], replica: Replica) -> None:
+        task = asyncio.create_task(self._run(batch, replica))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     def _slack_ms(self, now: float) -> float | None:
         deadline = self._queue.head().deadline_s
