@@ -31,7 +31,7 @@ from sloserve.registry.repository import ModelRepository
 from sloserve.runtime.demo import build_digits, build_digits_wide
 from sloserve.variant import VariantRecord, VariantStatus
 
-console = Console()
+console = Console(width=200)
 BUILDERS = {"digits": build_digits, "digits_wide": build_digits_wide}
 
 
@@ -96,7 +96,12 @@ def main() -> None:
             assert ref.profile is not None and ref.artifact is not None
             ref_b1 = ref.profile.latency_ms[1].p50_ms
             ref_best = ref.profile.latency_ms[ref.profile.best_batch].p50_ms / ref.profile.best_batch
-            ref_e1, ref_e64 = engine_ms(ref.artifact, x[:1]), engine_ms(ref.artifact, x[:64])
+            engine_times = {
+                r.id: (engine_ms(r.artifact, x[:1]), engine_ms(r.artifact, x[:64]))
+                for r in records
+                if r.status is VariantStatus.READY and r.artifact is not None
+            }
+            ref_e1, ref_e64 = engine_times["fp32"]
             for r in records:
                 p = r.profile
                 if r.status is not VariantStatus.READY or p is None or r.artifact is None:
@@ -118,7 +123,7 @@ def main() -> None:
                     f"{p.cost_cpu_s_per_1k:.4f}",
                     "yes" if r.pareto else "",
                 )
-                e1, e64 = engine_ms(r.artifact, x[:1]), engine_ms(r.artifact, x[:64])
+                e1, e64 = engine_times[r.id]
                 engine.add_row(r.id, f"{e1:.4f}", f"{ref_e1 / e1:.2f}x", f"{e64:.4f}", f"{ref_e64 / e64:.2f}x")
             console.print(served)
             console.print(engine)
