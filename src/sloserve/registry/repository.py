@@ -31,7 +31,7 @@ from typing import Final, Literal
 
 from sloserve.errors import InternalError, InvalidArgumentError, NotFoundError, SloserveError
 from sloserve.model_config import ModelConfig, parse_model_config, validate_model_name
-from sloserve.runtime import graph, sklearn_convert
+from sloserve.runtime import graph, sklearn_convert, torch_convert
 from sloserve.runtime.session import OnnxSession
 from sloserve.types import ModelName, VersionId
 
@@ -325,6 +325,8 @@ def convert_model_file(
         if n_features is not None:
             raise InvalidArgumentError(f"{path} is an ONNX model; n_features applies only to scikit-learn")
         source = path
+    elif torch_convert.is_torch_file(path):
+        source = torch_convert.convert_torch_file(path)
     else:
         source = sklearn_convert.convert_file(path, n_features=n_features, input_datatype=input_datatype)
     config = graph.config_from_signature(model_name, *graph.read_signature(source), max_batch_size)

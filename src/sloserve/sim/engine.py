@@ -26,7 +26,8 @@ one queue. Under the model-less policy (the default):
   idle server: offered, not admitted load; and the mean time requests waited for their
   batch to start over the interval) within the CPU budget; a new replica serves
   after its cold start (``load_ms``). A variant with no replica can still be chosen
-  (its prediction includes the cold start): that starts one on demand.
+  (its prediction includes the cold start): that starts one on demand. Replicas and
+  the CPU budget are kept by :class:`~sloserve.sim.fleet.Fleet`.
 
 The comparison policies send every query to one variant with no admission, no
 deadlines and no autoscaling, over a fixed pool: ``fixed`` batches whatever is queued
@@ -50,11 +51,12 @@ from typing import Any
 import numpy as np
 
 from sloserve.errors import InvalidArgumentError
-from sloserve.policy.autoscale import AutoscaleState, ScaleDecision, VariantLoad, capacity_within_slo, decide_scaling
+from sloserve.policy.autoscale import ScaleDecision
 from sloserve.policy.batching import LatencyModel, aimd_update, batch_size_for, expired
-from sloserve.policy.selection import Candidate, Choice, NoChoice, best_effort, feasible_when_idle
+from sloserve.policy.selection import Choice
 from sloserve.sim.config import SimConfig
 from sloserve.sim.family import Family
+from sloserve.sim.fleet import Fleet
 from sloserve.sim.pool import Pool, PoolStats
 from sloserve.sim.selector import Selector
 from sloserve.sim.workload import FloatArray, Workload
@@ -117,18 +119,16 @@ class Simulator:
         self.tightest_slo_ms = min(bounds) if bounds else None
         self.selector = Selector(per_model, self.slos, config.fast_selection)
         self.by_id = self.selector.by_id
+        self.fleet = Fleet(
+            config, self.pools, self.selector, self.tightest_slo_ms, self._replica_starting, self._strand_if_unserved
+        )
         self.now = 0.0
         self.heap: list[tuple[float, int, int, Pool | None, Any]] = []
         self.seq = 0
         self.events = 0
-        self.cpus_used = 0
         self.noise_rng = np.random.default_rng(np.random.SeedSequence(config.seed).spawn(2)[1])
         self.noise: list[float] = []
         self.noise_at = 0
-        self.autoscale_cfg = config.autoscale_config()
-        self.autoscale_state = AutoscaleState()
-        self.samples: list[tuple[float, tuple[int, ...]]] = []
-        self.decisions: list[tuple[float, ScaleDecision]] = []
         n = len(workload)
         self.times: list[float] = workload.time_ms.tolist()
         self.rows: list[int] = workload.rows.tolist()
@@ -146,7 +146,7 @@ class Simulator:
 
     @property
     def cpus_free(self) -> int:
-        return self.config.cpus - self.cpus_used
+        return self.fleet.cpus_free
 
     # ---- set-up -------------------------------------------------------------
 
@@ -160,58 +160,15 @@ class Simulator:
             raise InvalidArgumentError(f"--policy: no variant {wanted!r} in {self.families[0].model} ({known})")
         return pool
 
-    def _start_warm(self, pool: Pool, count: int) -> None:
-        pool.ready += count
-        pool.free += count
-        self.cpus_used += count * pool.variant.cpus
-        pool.max_replicas = max(pool.max_replicas, pool.provisioned)
-
-    def _initial_replicas(self) -> None:
-        cfg = self.config
-        if self.fifo_pool is not None:
-            pool = self.fifo_pool
-            count = cfg.fixed_replicas if cfg.fixed_replicas is not None else cfg.cpus // pool.variant.cpus
-            if count < 1 or count * pool.variant.cpus > cfg.cpus:
-                raise InvalidArgumentError(
-                    f"{count} replica(s) of {pool.key} need {count * pool.variant.cpus} CPUs; --cpus is {cfg.cpus}"
-                )
-            self._start_warm(pool, count)
-            return
-        if cfg.initial_replicas is not None:
-            need = sum(p.variant.cpus for p in self.pools) * cfg.initial_replicas
-            if need > cfg.cpus:
-                raise InvalidArgumentError(
-                    f"--initial-replicas {cfg.initial_replicas} for {len(self.pools)} variants needs {need} CPUs; "
-                    f"--cpus is {cfg.cpus}"
-                )
-            for pool in self.pools:
-                self._start_warm(pool, cfg.initial_replicas)
-            return
-        for m in range(len(self.families)):
-            idle = [self._idle_candidate(p) for p in self.pools if p.model == m]
-            for slo in self.slos:
-                choice = feasible_when_idle(idle, slo)
-                if isinstance(choice, NoChoice) and slo.best_effort:
-                    choice = best_effort(idle, slo)
-                if isinstance(choice, Choice):
-                    pool = self.by_id[m][choice.variant]
-                    if pool.ready == 0 and self.cpus_used + pool.variant.cpus <= cfg.cpus:
-                        self._start_warm(pool, 1)
-
-    @staticmethod
-    def _idle_candidate(p: Pool) -> Candidate:
-        v = p.variant
-        return Candidate(v.id, v.accuracy, v.intercept_ms, v.per_row_ms, v.cost_cpu_s_per_1k)
-
     # ---- the loop -----------------------------------------------------------
 
     def run(self) -> Trace:
         """Simulate until every request has its outcome (queues drain after the last arrival). Once."""
         started = time.perf_counter()
-        self._initial_replicas()
+        self.fleet.start_initial(self.fifo_pool, len(self.families), self.slos)
         modelless = self.fifo_pool is None
         self.selector.start(self.now, self.cpus_free)
-        self._sample()
+        self.fleet.sample(self.now)
         interval_ms = self.config.autoscale_interval_s * 1000.0
         if interval_ms <= self.workload.duration_s * 1000.0:
             self._push(interval_ms, _TICK, None, None)
@@ -262,8 +219,8 @@ class Simulator:
             np.array(self.out, dtype=np.int32),
             np.array(self.fin, dtype=np.float64),
             tuple(p.stats(self.families[p.model].model) for p in self.pools),
-            tuple(self.samples),
-            tuple(self.decisions),
+            tuple(self.fleet.samples),
+            tuple(self.fleet.decisions),
             self.events,
             time.perf_counter() - started,
         )
@@ -280,7 +237,7 @@ class Simulator:
         rows = self.rows[rid]
         k = self.klass[rid]
         selector = self.selector
-        choice = selector.choose(m, k, rows, t, self.config.cpus - self.cpus_used)
+        choice = selector.choose(m, k, rows, t, self.config.cpus - self.fleet.cpus_used)
         if type(choice) is not Choice:
             if not self.slos[k].best_effort:
                 idle = selector.when_idle(m, k, rows, t, self.cpus_free)
@@ -304,7 +261,7 @@ class Simulator:
             if pool.variant.cpus > self.cpus_free:
                 self.out[rid] = REJECTED_UNAVAILABLE
                 return
-            self._start(pool, 1)
+            self.fleet.start(pool, 1, self.now)
         heappush(pool.edf, (deadline, rid))
         pool.queued_rows += rows
         pool.routed_rows += rows
@@ -411,7 +368,7 @@ class Simulator:
         p.running_ms = max(0.0, p.running_ms - p.live.predict_ms(rows)) if p.busy else 0.0
         if p.retiring:
             p.retiring -= 1
-            self._leave(p)
+            self.fleet.leave(p)
         else:
             p.free += 1
         out = self.out
@@ -433,35 +390,8 @@ class Simulator:
 
     # ---- replicas and autoscaling -------------------------------------------
 
-    def _start(self, p: Pool, count: int) -> None:
-        for _ in range(count):
-            ready_at = self.now + p.variant.load_ms
-            p.starting.append(ready_at)
-            self.cpus_used += p.variant.cpus
-            self._push(ready_at, _READY, p, None)
-        p.max_replicas = max(p.max_replicas, p.provisioned)
-        self.selector.everything_changed()
-
-    def _stop(self, p: Pool, count: int) -> None:
-        while count and p.starting:
-            p.starting.pop()
-            self.cpus_used -= p.variant.cpus
-            count -= 1
-        while count and p.free:
-            p.free -= 1
-            self._leave(p)
-            count -= 1
-        while count and p.busy > p.retiring:
-            p.retiring += 1  # leaves when its batch is done
-            count -= 1
-        self._strand_if_unserved(p)
-        self.selector.everything_changed()
-
-    def _leave(self, p: Pool) -> None:
-        p.ready -= 1
-        self.cpus_used -= p.variant.cpus
-        self._strand_if_unserved(p)
-        self.selector.everything_changed()
+    def _replica_starting(self, ready_at: float, p: Pool) -> None:
+        self._push(ready_at, _READY, p, None)
 
     def _strand_if_unserved(self, p: Pool) -> None:
         """With no replica up or coming, the requests queued on ``p`` are dropped (``unloaded``)."""
@@ -473,47 +403,9 @@ class Simulator:
             p.queued_rows = 0
 
     def _tick(self, modelless: bool) -> None:
-        interval_s = self.config.autoscale_interval_s
-        now_s = self.now / 1000.0
         if modelless:
-            loads = []
-            for p in self.pools:
-                v = p.variant
-                # What the server exports: the mean time requests waited before their batch started.
-                queue_ms = p.queue_wait_ms / p.queue_waits if p.queue_waits else 0.0
-                p.queue_wait_ms, p.queue_waits = 0.0, 0
-                loads.append(
-                    VariantLoad(
-                        p.key,
-                        p.provisioned,
-                        (p.routed_rows + p.refused_rows) / interval_s,
-                        capacity_within_slo(
-                            v.intercept_ms, v.per_row_ms, v.max_batch, self.tightest_slo_ms, v.capacity_rps
-                        ),
-                        queue_ms,
-                        v.cpus,
-                        v.load_ms,
-                    )
-                )
-                p.routed_rows = p.refused_rows = 0
-            decisions, self.autoscale_state = decide_scaling(loads, self.autoscale_state, now_s, self.autoscale_cfg)
-            targets: dict[str, int] = {}
-            for decision in decisions:
-                self.decisions.append((now_s, decision))
-                targets[decision.variant] = decision.replicas
-            by_key = {p.key: p for p in self.pools}
-            for key, target in targets.items():
-                pool = by_key[key]
-                if target < pool.provisioned:
-                    self._stop(pool, pool.provisioned - target)
-            for key, target in targets.items():
-                pool = by_key[key]
-                if target > pool.provisioned:
-                    self._start(pool, target - pool.provisioned)
-        self._sample()
-        next_ms = self.now + interval_s * 1000.0
+            self.fleet.autoscale(self.now)
+        self.fleet.sample(self.now)
+        next_ms = self.now + self.config.autoscale_interval_s * 1000.0
         if next_ms <= self.workload.duration_s * 1000.0 + 1e-9:
             self._push(next_ms, _TICK, None, None)
-
-    def _sample(self) -> None:
-        self.samples.append((self.now / 1000.0, tuple(p.provisioned for p in self.pools)))

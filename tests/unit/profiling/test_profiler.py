@@ -10,18 +10,17 @@ import pytest
 
 from sloserve.errors import InvalidArgumentError
 from sloserve.model_config import ModelConfig, TensorSpec
-from sloserve.profiling.profiler import (
+from sloserve.profiling.latency import (
     LatencyMeasurement,
-    ProfileSettings,
     best_batch,
     default_batch_sizes,
     fit_latency,
     measure_latencies,
     noise_score,
-    profile_variant,
     sample_latencies,
     summarize_latencies,
 )
+from sloserve.profiling.profiler import ProfileSettings, profile_variant
 from sloserve.testing import FakeClock
 from sloserve.types import ModelName
 from sloserve.variant import LatencyStats, Task
