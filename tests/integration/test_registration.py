@@ -153,7 +153,8 @@ def test_variants_are_versions_and_can_be_pinned(
 ) -> None:
     with open_db(registered) as db:
         ready = [r for r in db.variants("digits") if r.status is VariantStatus.READY]
-    x = np.load(source[1])["X"][:20].astype(np.float32)
+    # fewer rows than any best batch: larger requests are split, and int8-dynamic answers depend on the batch
+    x = np.load(source[1])["X"][:8].astype(np.float32)
     http = httpclient.InferenceServerClient(served.http_url)
     grpc = grpcclient.InferenceServerClient(served.grpc_url)
     assert http.get_model_metadata("digits")["versions"] == [r.id for r in ready]
