@@ -17,6 +17,7 @@ from pathlib import Path
 from sloserve.clock import Clock, SystemClock
 from sloserve.cluster.faults import faults_from_env
 from sloserve.cluster.local import LocalReplica
+from sloserve.cluster.ray.cluster import RayCluster
 from sloserve.control.autoscaler import Autoscaler
 from sloserve.control.lifecycle import ModelLifecycle
 from sloserve.control.registered import registry_lister, registry_planner
@@ -65,9 +66,15 @@ class Server:
         self.dataplane = DataPlane(self.clock, self.metrics)
         self.repository = ModelRepository(repository)
         self.registry = RegistryDB(settings.registry_path, repository)
+        # --ray-address: replicas are Ray actors, and readiness follows the cluster connection.
+        # RayCluster imports ray only when it connects, so without the flag ray is never loaded.
+        self.cluster = (
+            RayCluster(settings.ray_address, on_change=self._cluster_changed) if settings.ray_address else None
+        )
+        self._started = False
         self.lifecycle = ModelLifecycle(
             self.repository,
-            local_replica,
+            self.cluster.replica if self.cluster is not None else local_replica,
             self.dataplane.apply_catalog,
             plan=registry_planner(self.registry),
             list_variants=registry_lister(self.registry),
@@ -93,6 +100,8 @@ class Server:
     async def start(self) -> None:
         """Load every model, then open the ports; ready once all of that is done."""
         s = self.settings
+        if self.cluster is not None:
+            await self.cluster.start()
         await self.lifecycle.load_all()
         http_sock = bind(s.host, s.http_port)
         metrics_sock = bind(s.host, s.metrics_port)
@@ -104,10 +113,16 @@ class Server:
         await self._metrics_http.start()
         if s.autoscale_interval_s > 0:
             self.autoscaler.start()
-        self.dataplane.set_ready(True)
+        self._started = True
+        self.dataplane.set_ready(self.cluster is None or self.cluster.connected)
+
+    def _cluster_changed(self, connected: bool) -> None:
+        """The Ray cluster was lost (not ready: 503) or is back."""
+        self.dataplane.set_ready(self._started and connected)
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests within the grace period, stop replicas."""
+        self._started = False
         self.dataplane.set_ready(False)
         await self.autoscaler.stop()
         transports = [t.stop() for t in (self._http, self._grpc) if t is not None]
@@ -117,6 +132,8 @@ class Server:
                 await self.lifecycle.close()
         except TimeoutError:
             log.warning("models did not drain within %.1f s; stopping anyway", self.settings.shutdown_grace_s)
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self._metrics_http is not None:
             await self._metrics_http.stop()
         self.registry.close()

@@ -45,6 +45,8 @@ class Settings:
     cpus: int = 0
     """CPU budget for replicas across all models (0: every core of this machine)."""
     autoscale_interval_s: float = 1.0
+    ray_address: str = ""
+    """A Ray cluster's GCS address (host:port): replicas become Ray actors there ("": local worker processes)."""
 
     @property
     def home_dir(self) -> Path:
@@ -91,6 +93,11 @@ OPTIONS: dict[str, Option] = {
     ),
     "autoscale_interval_s": Option(
         "--autoscale-interval-s", "SLOSERVE_AUTOSCALE_INTERVAL_S", "seconds between autoscaler decisions (0: off)"
+    ),
+    "ray_address": Option(
+        "--ray-address",
+        "SLOSERVE_RAY_ADDRESS",
+        "Ray cluster address (host:port of its head): run replicas as Ray actors there; needs sloserve[ray]",
     ),
 }
 

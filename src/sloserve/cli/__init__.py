@@ -42,6 +42,7 @@ _COMMANDS = {
     "profile": "variants",
     "plot": "variants",
     "simulate": "simulate",
+    "cluster": "cluster",
 }
 
 
@@ -49,7 +50,7 @@ def _server_flags(parser: argparse.ArgumentParser) -> None:
     defaults = Settings()
     for name, option in OPTIONS.items():
         default = getattr(defaults, name)
-        shown = "" if default is None else f" (default {default})"
+        shown = "" if default in (None, "") else f" (default {default})"
         parser.add_argument(
             option.flag,
             dest=name,
@@ -189,6 +190,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="model name")
     p.add_argument("-o", "--output", type=Path, required=True, help="output file: .svg or .png")
     _repository_flags(p)
+
+    p = sub.add_parser(
+        "cluster",
+        help="the Ray cluster that --ray-address points at",
+        description="Commands about a Ray cluster serving sloserve replicas (needs sloserve[ray]).",
+    )
+    cluster = p.add_subparsers(dest="cluster_command", required=True, metavar="SUBCOMMAND")
+    p = cluster.add_parser(
+        "status",
+        help="nodes, sloserve replicas per variant and node, resource use",
+        description="Connect to the Ray cluster and show its nodes, the sloserve replicas (named actors of the "
+        "`sloserve` namespace) per model, variant and node, the front ends using each, and resource use.",
+    )
+    p.add_argument(
+        "--ray-address",
+        dest="ray_address",
+        default=None,
+        metavar="ADDRESS",
+        help="Ray cluster address, host:port of its head (default: $SLOSERVE_RAY_ADDRESS)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
     from sloserve.cli.simulate import add_parser as add_simulate_parser  # cheap: the simulator loads in run()
 

@@ -9,8 +9,10 @@ in-memory twin the unit tests use.
 
 The event loop never waits on Ray. Anything that talks to the GCS or copies a
 model (``ray.init``, ``ray.put``, actor creation, ``ray.get_actor``, ``ray.kill``,
-``ray.nodes``) runs in a worker thread. The request path only *submits* a method
-call (``actor.run.remote``, which serializes the batch and returns at once) and
+``ray.nodes``) runs in a daemon thread (:func:`_off_loop`), so a call stuck on a
+GCS that went away is abandoned, never waited for. The request path only
+*submits* a method call (``actor.run.remote``, which serializes the batch and
+returns; a batch over 100 KiB is first copied into the node's object store) and
 gets its answer through a future that Ray's own thread completes with
 ``call_soon_threadsafe``, the same way ``await object_ref`` works.
 
@@ -29,15 +31,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from sloserve.cluster.ray.actor import ActorInit, ReplicaActor
 from sloserve.errors import UnavailableError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 RAY_NAMESPACE: Final = "sloserve"
 """Every sloserve actor lives in this Ray namespace, so front ends find each other's replicas by name."""
@@ -174,6 +179,48 @@ _driver_lock = threading.Lock()
 _driver_users = 0
 
 
+async def _off_loop(work: Callable[[], T]) -> T:
+    """Run a blocking Ray call in a daemon thread and await its result.
+
+    Not ``asyncio.to_thread``: a Ray call can stay stuck for good on a GCS that went away, and the default
+    executor's threads are joined when the interpreter exits, so one stuck call would keep the process from
+    ever exiting. A daemon thread is abandoned instead (the caller's own timeout gives up on it).
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+    future.add_done_callback(_retrieve)
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    def run() -> None:
+        try:
+            value: Any = work()
+            error: BaseException | None = None
+        except BaseException as exc:
+            value, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=run, name="sloserve-ray-call", daemon=True).start()
+    return await future
+
+
+def _driver() -> Any:
+    """``ray``, connected. Never lets a call start a local cluster of its own (Ray's auto-init)."""
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")  # read when ray is first imported
+    import ray
+
+    if not ray.is_initialized():
+        raise ActorUnreachableError("not connected to the Ray cluster")
+    return ray
+
+
 class _RayCall:
     __slots__ = ("_loop", "_ref", "result")
 
@@ -181,6 +228,7 @@ class _RayCall:
         self._loop = loop
         self._ref = ref
         self.result: asyncio.Future[Any] = loop.create_future()
+        self.result.add_done_callback(_retrieve)  # a failed call nobody waits for any more is no error
         ref.future().add_done_callback(self._done)  # called on a Ray thread
 
     def _done(self, done: Any) -> None:
@@ -202,12 +250,13 @@ class _RayCall:
     def cancel(self) -> None:
         import ray
 
-        self._loop.run_in_executor(None, _cancel_quietly, ray, self._ref)
+        threading.Thread(target=_cancel_quietly, args=(ray, self._ref), name="sloserve-ray-cancel", daemon=True).start()
 
 
 def _cancel_quietly(ray: Any, ref: Any) -> None:
     with contextlib.suppress(Exception):
-        ray.cancel(ref)
+        if ray.is_initialized():
+            ray.cancel(ref)
 
 
 def _translate(error: BaseException) -> BackendError:
@@ -247,7 +296,7 @@ class CoreRayBackend:
         if self._connected:
             return
         try:
-            await asyncio.to_thread(self._init, namespace)
+            await _off_loop(lambda: self._init(namespace))
         except ImportError:
             raise UnavailableError(
                 "--ray-address needs Ray: pip install 'sloserve[ray]' (on the front end and every node)"
@@ -258,6 +307,7 @@ class CoreRayBackend:
 
     def _init(self, namespace: str) -> None:
         global _driver_users
+        os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
         import ray
 
         with _driver_lock:
@@ -277,7 +327,7 @@ class CoreRayBackend:
         if not self._connected:
             return
         self._connected = False
-        await asyncio.to_thread(self._shutdown)
+        await _off_loop(self._shutdown)
 
     @staticmethod
     def _shutdown() -> None:
@@ -291,23 +341,27 @@ class CoreRayBackend:
 
     async def find_actor(self, name: str, namespace: str) -> object | None:
         def find() -> object | None:
-            import ray
+            ray = _driver()
 
             try:
-                return ray.get_actor(name, namespace=namespace)
+                handle: object = ray.get_actor(name, namespace=namespace)
             except ValueError:
                 return None
+            return handle
 
-        return await asyncio.to_thread(find)
+        try:
+            return await _off_loop(find)
+        except Exception as exc:
+            raise ActorUnreachableError(f"looking up actor {namespace}/{name} failed: {exc}") from None
 
     async def create_actor(self, spec: ActorSpec, model: bytes) -> object:
         def create() -> object:
-            import ray
+            ray = _driver()
 
             if self._actor_class is None:
-                self._actor_class = ray.remote(ReplicaActor)
-            model_ref = ray.put(model)  # the task holds it until the actor has loaded it
-            return self._actor_class.options(  # type: ignore[no-any-return]
+                self._actor_class = ray.remote(concurrency_groups={CONTROL_GROUP: 1})(ReplicaActor)
+            model_ref = ray.put(model)  # the creation task holds it until the actor has loaded it
+            handle: object = self._actor_class.options(
                 name=spec.name,
                 namespace=spec.namespace,
                 get_if_exists=True,
@@ -316,12 +370,16 @@ class CoreRayBackend:
                 num_gpus=spec.num_gpus,
                 max_restarts=0,
                 max_concurrency=1,
-                concurrency_groups={CONTROL_GROUP: 1},
             ).remote(model_ref, spec.init)
+            return handle
 
-        return await asyncio.to_thread(create)
+        try:
+            return await _off_loop(create)
+        except Exception as exc:
+            raise ActorUnreachableError(f"creating actor {spec.namespace}/{spec.name} failed: {exc}") from None
 
     def call(self, actor: object, method: str, *args: Any, control: bool = False) -> Call:
+        _driver()
         bound: Any = getattr(actor, method)
         if control:
             bound = bound.options(concurrency_group=CONTROL_GROUP)
@@ -333,16 +391,16 @@ class CoreRayBackend:
 
     async def kill(self, actor: object) -> None:
         def kill() -> None:
-            import ray
+            ray = _driver()
 
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)
 
-        await asyncio.to_thread(kill)
+        await _off_loop(kill)
 
     async def nodes(self) -> list[NodeInfo]:
         def nodes() -> list[NodeInfo]:
-            import ray
+            ray = _driver()
 
             return [
                 NodeInfo(
@@ -354,19 +412,19 @@ class CoreRayBackend:
                 for n in ray.nodes()
             ]
 
-        return await asyncio.to_thread(nodes)
+        return await _off_loop(nodes)
 
     async def resources(self) -> tuple[dict[str, float], dict[str, float]]:
         def resources() -> tuple[dict[str, float], dict[str, float]]:
-            import ray
+            ray = _driver()
 
             return dict(ray.cluster_resources()), dict(ray.available_resources())
 
-        return await asyncio.to_thread(resources)
+        return await _off_loop(resources)
 
     async def actor_names(self, namespace: str) -> list[str]:
         def names() -> list[str]:
-            import ray
+            ray = _driver()
 
             return sorted(
                 str(a["name"])
@@ -374,10 +432,15 @@ class CoreRayBackend:
                 if a.get("namespace") == namespace
             )
 
-        return await asyncio.to_thread(names)
+        return await _off_loop(names)
 
 
 if TYPE_CHECKING:
 
     def _is_a_backend(backend: CoreRayBackend) -> RayBackend:
         return backend
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -47,11 +47,10 @@ from sloserve import __version__
 from sloserve.clock import Clock, SystemClock
 from sloserve.cluster.ray.actor import ActorInit
 from sloserve.cluster.ray.backend import RAY_NAMESPACE, ActorSpec, CoreRayBackend, RayBackend
+from sloserve.cluster.ray.replica import RayReplica
 from sloserve.errors import UnavailableError
 from sloserve.model_config import ModelConfig
 from sloserve.types import ReplicaId
-
-from sloserve.cluster.ray.replica import RayReplica
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +108,8 @@ class RayCluster:
         self._probe_timeout_s = probe_timeout_s
         self._lost_after = lost_after
         self._connect_timeout_s = connect_timeout_s
-        self._start_timeout_s = start_timeout_s
+        self.start_timeout_s = start_timeout_s
+        """How long a new replica may take to be placed and load its model (settable: it applies to replicas made after)."""
         self._lease_ttl_s = lease_ttl_s
         self._replicas: dict[ReplicaId, RayReplica] = {}
         self._connected = False
@@ -153,7 +153,14 @@ class RayCluster:
             self._monitor = None
         if self._connected:
             self._connected = False
-            await self._backend.disconnect()
+            await self._disconnect()
+
+    async def _disconnect(self) -> None:
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                await self._backend.disconnect()
+        except Exception as exc:
+            log.warning("disconnecting from the Ray cluster at %s: %s", self.address, exc)
 
     def replica(self, config: ModelConfig, artifact: Path, index: int) -> RayReplica:
         """The lifecycle's replica factory: replica ``index`` of a model version, as a named actor."""
@@ -178,7 +185,7 @@ class RayCluster:
             artifact,
             self._backend,
             capacity=self._capacity,
-            start_timeout_s=self._start_timeout_s,
+            start_timeout_s=self.start_timeout_s,
             probe_timeout_s=self._probe_timeout_s,
             clock=self._clock,
             on_stop=self._forget,
@@ -222,10 +229,7 @@ class RayCluster:
             self._on_change(False)
         for replica in self.replicas:
             replica.on_cluster_lost()
-        try:
-            await self._backend.disconnect()
-        except Exception as exc:
-            log.warning("disconnecting from the lost cluster: %s", exc)
+        await self._disconnect()
 
     async def _reconnect(self) -> None:
         if not await self._backend.reachable(self._probe_timeout_s):

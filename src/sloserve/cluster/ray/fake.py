@@ -53,6 +53,7 @@ class FakeCall:
         self.method = method
         self.args = args
         self.result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.result.add_done_callback(_retrieve)  # a failed call nobody waits for any more is no error
 
     def cancel(self) -> None:
         self.actor.cancel(self)
@@ -275,3 +276,8 @@ class FakeRayBackend:
     async def actor_names(self, namespace: str) -> list[str]:
         self._require_connected()
         return sorted(name for ns, name in self.actors if ns == namespace)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -253,7 +253,9 @@ class RayReplica:
             raise InternalError(f"replica {self._id}: the actor failed: {exc.message}") from None
         except BackendError as exc:
             self._suspect(actor, exc.message)
-            raise ReplicaDiedError(f"replica {self._id}: actor {self.actor_name} did not answer ({exc.message})") from None
+            raise ReplicaDiedError(
+                f"replica {self._id}: actor {self.actor_name} did not answer ({exc.message})"
+            ) from None
         finally:
             actor.pending.discard(call)
         return _outputs(reply, self._id)
@@ -345,10 +347,16 @@ class RayReplica:
         digest = hashlib.sha256(model).hexdigest()
         if digest != spec.init.digest:
             spec = self._spec = replace(spec, init=replace(spec.init, digest=digest))
-        handle = await self._backend.find_actor(spec.name, spec.namespace)
-        created = handle is None
-        if handle is None:
-            handle = await self._backend.create_actor(spec, model)
+        try:
+            async with asyncio.timeout(self._start_timeout_s):
+                handle = await self._backend.find_actor(spec.name, spec.namespace)
+                created = handle is None
+                if handle is None:
+                    handle = await self._backend.create_actor(spec, model)
+        except BackendError as exc:
+            raise _Retry(f"replica {self._id}: {exc.message}") from None
+        except TimeoutError:
+            raise _Retry(f"replica {self._id}: the cluster did not answer within {self._start_timeout_s:g} s") from None
         del model
         call = self._backend.call(handle, "attach", spec.init.frontend, digest, control=True)
         try:
@@ -412,7 +420,9 @@ class RayReplica:
         except ActorGoneError:
             return
         except (BackendError, TimeoutError) as exc:
-            log.warning("replica %s: could not detach from %s (%s); its lease will expire", self._id, self.actor_name, exc)
+            log.warning(
+                "replica %s: could not detach from %s (%s); its lease will expire", self._id, self.actor_name, exc
+            )
             return
         if remaining == 0:
             await self._backend.kill(actor.handle)
