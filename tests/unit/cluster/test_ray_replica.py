@@ -11,6 +11,7 @@ import pytest
 from sloserve.cluster.ray.fake import FakeRayBackend
 from sloserve.errors import InvalidArgumentError, ReplicaDiedError, ResourceExhaustedError, UnavailableError
 from sloserve.testing import FakeClock
+from sloserve.testing.fakes import settle
 from tests.unit.cluster.raykit import artifact, batch, drive, make_replica, until
 
 
@@ -216,12 +217,16 @@ async def test_a_cancelled_run_is_dropped_by_the_actor(
     actor.pause()
     run = asyncio.create_task(replica.run(batch(), []))
     await until(lambda: actor.queued == 1)
-    run.cancel()
+    run.cancel()  # a hedged twin won
+    await settle()  # the replica tells the actor to drop it
+    assert not run.done() and replica.outstanding == 1  # the slot stays busy until the actor has answered or skipped the batch
+    actor.resume()
     with pytest.raises(asyncio.CancelledError):
         await run
-    assert actor.cancelled == 1 and actor.queued == 0 and replica.outstanding == 0
-    actor.resume()
+    assert actor.dropped == 1 and actor.batches == [] and replica.outstanding == 0
     assert replica.healthy
+    await replica.run(batch(), [])  # and the next batch runs
+    assert len(actor.batches) == 1
 
 
 async def test_stop_fails_batches_in_flight_as_unavailable(

@@ -7,8 +7,10 @@ deletes the file. A model that fails to load does not kill the actor: the
 failure is kept and reported, as a ``(code, message)`` pair, by :meth:`attach`.
 
 Batches run one at a time, in the order they arrive (``max_concurrency=1``); the
-control methods (attach, heartbeat, detach, describe) run in their own
-concurrency group, so they are answered while a batch computes. Results cross
+control methods (attach, heartbeat, detach, drop, describe) run in their own
+concurrency group, so they are answered while a batch computes. ``drop`` marks a
+queued batch that its front end no longer wants (a hedged twin answered first);
+``run`` then answers ``("dropped",)`` without computing it. Results cross
 the process boundary as tuples of builtins: ``("ok", outputs)`` or
 ``("error", code, message)``, never as pickled exceptions.
 
@@ -31,6 +33,7 @@ import os
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +47,9 @@ log = logging.getLogger(__name__)
 
 Array = np.ndarray[Any, Any]
 RunReply = tuple[Any, ...]
-"""``("ok", {name: array})`` or ``("error", code, message)``."""
+"""``("ok", {name: array})``, ``("error", code, message)`` or ``("dropped",)``."""
+
+_DROPPED_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +131,7 @@ class ReplicaActor:
         self._batches = 0
         self._rows = 0
         self._started = time.time()
+        self._dropped: OrderedDict[str, None] = OrderedDict()
         self._session: Session | None = None
         self._load_error: tuple[str, str] | None = None
         try:
@@ -171,6 +177,14 @@ class ReplicaActor:
                 self._closing = True
             return len(self._leases)
 
+    def drop(self, batch: str) -> None:
+        """Do not run ``batch`` if it has not started (its front end no longer wants it: a hedged twin won).
+        Remembers the last few thousand ids; a drop for a batch already run is forgotten with them."""
+        with self._lock:
+            self._dropped[batch] = None
+            while len(self._dropped) > _DROPPED_KEPT:
+                self._dropped.popitem(last=False)
+
     def describe(self) -> dict[str, Any]:
         init = self._init
         with self._lock:
@@ -196,7 +210,12 @@ class ReplicaActor:
 
     # ------------------------------------------------------------ batches
 
-    def run(self, inputs: Mapping[str, Array], output_names: Sequence[str]) -> RunReply:
+    def run(self, inputs: Mapping[str, Array], output_names: Sequence[str], batch: str = "") -> RunReply:
+        if batch:
+            with self._lock:
+                if batch in self._dropped:
+                    del self._dropped[batch]
+                    return ("dropped",)
         session = self._session
         if session is None:
             code, message = self._load_error or InternalError("the model is not loaded").to_wire()

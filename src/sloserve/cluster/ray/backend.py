@@ -97,16 +97,17 @@ class NodeInfo:
 
 
 class Call(Protocol):
-    """One submitted method call."""
+    """One submitted method call.
+
+    There is no ``cancel``: sloserve never uses ``ray.cancel`` on actor tasks, because cancelling a
+    queued actor task can leave the tasks queued behind it stuck for good (ray-project/ray#60850,
+    #66020). A batch nobody wants any more is dropped by the actor itself (``ReplicaActor.drop``).
+    """
 
     @property
     def result(self) -> asyncio.Future[Any]:
         """Resolves with the method's return value or fails with a :class:`BackendError`. The
         caller may fail it first (the actor died, the cluster was lost); a late answer is then dropped."""
-        ...
-
-    def cancel(self) -> None:
-        """Ask Ray to drop the call if the actor has not started it (it still resolves)."""
         ...
 
 
@@ -246,17 +247,6 @@ class _RayCall:
             self.result.set_result(done.result())
         else:
             self.result.set_exception(_translate(error))
-
-    def cancel(self) -> None:
-        import ray
-
-        threading.Thread(target=_cancel_quietly, args=(ray, self._ref), name="sloserve-ray-cancel", daemon=True).start()
-
-
-def _cancel_quietly(ray: Any, ref: Any) -> None:
-    with contextlib.suppress(Exception):
-        if ray.is_initialized():
-            ray.cancel(ref)
 
 
 def _translate(error: BaseException) -> BackendError:

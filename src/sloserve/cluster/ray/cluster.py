@@ -145,12 +145,18 @@ class RayCluster:
         self._monitor = asyncio.create_task(self._watch(), name="ray cluster health")
 
     async def stop(self) -> None:
-        """Stop the health loop and disconnect (the lifecycle has stopped the replicas already)."""
+        """Stop the health loop, release replicas the lifecycle did not stop in time, disconnect."""
         if self._monitor is not None:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
             self._monitor = None
+        if self._connected and self.replicas:
+            try:
+                async with asyncio.timeout(2 * self._probe_timeout_s + 1.0):
+                    await asyncio.gather(*(r.stop() for r in self.replicas), return_exceptions=True)
+            except TimeoutError:
+                log.warning("some replicas did not release their actors; their leases will expire")
         if self._connected:
             self._connected = False
             await self._disconnect()

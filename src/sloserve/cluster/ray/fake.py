@@ -24,7 +24,6 @@ from sloserve.cluster.ray.backend import (
     ActorSpec,
     ActorUnreachableError,
     BackendError,
-    CallCancelledError,
     NodeInfo,
 )
 from sloserve.errors import SloserveError, UnavailableError
@@ -55,9 +54,6 @@ class FakeCall:
         self.result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.result.add_done_callback(_retrieve)  # a failed call nobody waits for any more is no error
 
-    def cancel(self) -> None:
-        self.actor.cancel(self)
-
     def settle(self, value: Any = None, error: BackendError | None = None) -> None:
         if self.result.done():
             return
@@ -82,7 +78,8 @@ class FakeActor:
         self.unresponsive = False
         """Nothing answers: calls stay pending until the actor dies."""
         self.batches: list[Mapping[str, Array]] = []
-        self.cancelled = 0
+        self.dropped = 0
+        """Batches the actor skipped because their front end dropped them."""
         self._backend = backend
         self._queue: deque[FakeCall] = deque()
         self._stalled: list[FakeCall] = []
@@ -126,9 +123,13 @@ class FakeActor:
         if self.paused or not self._queue or not self.alive:
             return
         call = self._queue.popleft()
-        inputs, names = call.args
-        self.batches.append(inputs)
-        call.settle(self.impl.run(inputs, names))
+        inputs, names, batch = call.args
+        reply = self.impl.run(inputs, names, batch)
+        if reply[0] == "dropped":
+            self.dropped += 1
+        else:
+            self.batches.append(inputs)
+        call.settle(reply)
         self._pump()
 
     def pause(self) -> None:
@@ -141,12 +142,6 @@ class FakeActor:
     @property
     def queued(self) -> int:
         return len(self._queue)
-
-    def cancel(self, call: FakeCall) -> None:
-        if call in self._queue:
-            self._queue.remove(call)
-            self.cancelled += 1
-            call.settle(None, CallCancelledError("cancelled before it ran"))
 
     def die(self, error: BackendError) -> None:
         self.alive = False

@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import enum
 import hashlib
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -160,6 +161,7 @@ class RayReplica:
         self._restart_task: asyncio.Task[None] | None = None
         self._restarts = 0
         self._restart_attempts = 0
+        self._batches = itertools.count()
 
     # ------------------------------------------------------------ Replica protocol
 
@@ -228,8 +230,9 @@ class RayReplica:
                 # Chosen while it was up; it died or stopped since: the batch never ran, retry elsewhere.
                 raise ReplicaDiedError(f"replica {self._id} is {self._state.value}")
             raise UnavailableError(f"replica {self._id} is {self._state.value}")
+        batch = f"{self._spec.init.frontend}/{next(self._batches)}"
         try:
-            call = self._backend.call(actor.handle, "run", dict(inputs), tuple(output_names))
+            call = self._backend.call(actor.handle, "run", dict(inputs), tuple(output_names), batch)
         except BackendError as exc:
             self._suspect(actor, exc.message)
             raise ReplicaDiedError(f"replica {self._id}: {exc.message}") from None
@@ -240,7 +243,8 @@ class RayReplica:
             if not call.result.done():
                 # Dropped if still queued in the actor, else it runs and the answer is discarded.
                 # Either way the slot stays busy until the actor (or its death) says so.
-                call.cancel()
+                with contextlib.suppress(BackendError):
+                    self._backend.call(actor.handle, "drop", batch, control=True)
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(call.result)
             raise
@@ -363,7 +367,6 @@ class RayReplica:
             async with asyncio.timeout(self._start_timeout_s):
                 reply: dict[str, Any] = await asyncio.shield(call.result)
         except TimeoutError:
-            call.cancel()
             if created:
                 await self._backend.kill(handle)
             raise await self._not_placed() from None
@@ -406,12 +409,8 @@ class RayReplica:
 
     async def _control(self, actor: _Actor, method: str, *args: Any) -> Any:
         call = self._backend.call(actor.handle, method, *args, control=True)
-        try:
-            async with asyncio.timeout(self._probe_timeout_s):
-                return await asyncio.shield(call.result)
-        except TimeoutError:
-            call.cancel()
-            raise
+        async with asyncio.timeout(self._probe_timeout_s):
+            return await asyncio.shield(call.result)
 
     async def _release(self, actor: _Actor) -> None:
         """Drop this front end's lease; kill the actor if it was the last one."""
@@ -471,6 +470,8 @@ def _outputs(reply: Any, replica_id: ReplicaId) -> _Outputs:
         raise InternalError(f"replica {replica_id}: malformed reply from its actor")
     if reply[0] == "error" and len(reply) == 3:
         raise error_from_code(str(reply[1]), str(reply[2]))
+    if reply[0] == "dropped":
+        raise UnavailableError(f"replica {replica_id}: the batch was cancelled")
     if reply[0] != "ok" or len(reply) != 2 or not isinstance(reply[1], dict):
         raise InternalError(f"replica {replica_id}: malformed reply from its actor")
     # Arrays Ray hands back may be read-only views of its object store: give the caller its own.

@@ -99,7 +99,6 @@ async def _describe(backend: RayBackend, name: str, namespace: str, timeout_s: f
         async with asyncio.timeout(timeout_s):
             info: dict[str, Any] = await asyncio.shield(call.result)
     except TimeoutError:
-        call.cancel()
         return ReplicaStatus(name, "pending")
     except BackendError:
         return ReplicaStatus(name, "gone")
