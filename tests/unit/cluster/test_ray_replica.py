@@ -219,7 +219,9 @@ async def test_a_cancelled_run_is_dropped_by_the_actor(
     await until(lambda: actor.queued == 1)
     run.cancel()  # a hedged twin won
     await settle()  # the replica tells the actor to drop it
-    assert not run.done() and replica.outstanding == 1  # the slot stays busy until the actor has answered or skipped the batch
+    assert (
+        not run.done() and replica.outstanding == 1
+    )  # the slot stays busy until the actor has answered or skipped the batch
     actor.resume()
     with pytest.raises(asyncio.CancelledError):
         await run
