@@ -125,10 +125,14 @@ class LocalRayHead:
             deadline = time.monotonic() + grace_s
             while time.monotonic() < deadline and any(_running(pid) for pid in group):
                 time.sleep(0.05)
-        for pid in [*pids, *self.processes()]:
-            if _running(pid):
+        for _ in range(3):  # and anything that came up meanwhile
+            survivors = [pid for pid in {*pids, *self.processes()} if _running(pid)]
+            if not survivors:
+                return
+            for pid in survivors:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
 
 
 def _cmdline(pid: int) -> bytes:
