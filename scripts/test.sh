@@ -10,4 +10,6 @@ PY=${PYTHON:-python3}
 echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
 echo "== mypy --strict src/"; .venv/bin/mypy
 echo "== import layers"; .venv/bin/lint-imports
-echo "== pytest"; .venv/bin/python -m pytest "$@"
+echo "== pytest"; .venv/bin/python -m pytest --ignore=tests/cluster "$@"
+# The Ray suite in its own process: a Ray driver is process-wide and outlives the tests that use it.
+echo "== pytest tests/cluster (a real local Ray cluster)"; .venv/bin/python -m pytest tests/cluster "$@"
