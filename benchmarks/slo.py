@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ async def _open_loop(
     send_slo: bool,
     seed: int,
     connections: int = 64,
-) -> list[tuple[int, int, float, str]]:
+) -> tuple[list[tuple[int, int, float, str]], dict[str, list[str]]]:
     rng = np.random.default_rng(seed)
     n = int(rng.poisson(rate * seconds))
     times = np.sort(rng.uniform(0, seconds, n))
@@ -89,6 +90,7 @@ async def _open_loop(
             per_row.append(head.encode() + body)
         bodies.append(per_row)
     results: list[tuple[int, int, float, str]] = []
+    errors: dict[str, list[str]] = {}
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.05
     next_index = 0
@@ -111,14 +113,24 @@ async def _open_loop(
                 length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
                 body = await reader.readexactly(length)
                 status = int(head[9:12])
-                version = orjson.loads(body).get("model_version", "") if status == 200 else ""
-                results.append((int(which[i]), status, (loop.time() - scheduled) * 1e3, version))
+                results.append((int(which[i]), status, (loop.time() - scheduled) * 1e3, _version(body, status)))
+                if status != 200 and len(samples := errors.setdefault(str(status), [])) < 3:
+                    samples.append(body.decode(errors="replace")[:300])
             except Exception:
                 results.append((int(which[i]), 0, (loop.time() - scheduled) * 1e3, ""))
         writer.close()
 
     await asyncio.gather(*(connection() for _ in range(connections)))
-    return results
+    return results, errors
+
+
+_VERSION = re.compile(rb'"model_version":\s*"([^"]*)"')
+
+
+def _version(body: bytes, status: int) -> str:
+    """The variant that answered, without decoding the whole response (the generator shares the CPUs)."""
+    match = _VERSION.search(body) if status == 200 else None
+    return match.group(1).decode() if match else ""
 
 
 async def _closed_loop(port: int, path: str, row: list[float], seconds: float, connections: int = 64) -> float:
@@ -143,11 +155,14 @@ async def _closed_loop(port: int, path: str, row: list[float], seconds: float, c
 
 
 def _generator_main(raw: str) -> None:
+    import uvloop
+
+    uvloop.install()
     args = json.loads(raw)
     if args["kind"] == "closed":
         print(json.dumps(asyncio.run(_closed_loop(args["port"], args["path"], args["row"], args["seconds"]))))
     else:
-        results = asyncio.run(
+        results, errors = asyncio.run(
             _open_loop(
                 args["port"],
                 args["path"],
@@ -159,7 +174,7 @@ def _generator_main(raw: str) -> None:
                 args["seed"],
             )
         )
-        print(json.dumps(results))
+        print(json.dumps({"results": results, "errors": errors}))
 
 
 def generate(**kwargs: Any) -> Any:
@@ -193,30 +208,31 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def start_server(repo: Path, home: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(repo: Path, home: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {**os.environ, "SLOSERVE_HOME": str(home)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sloserve.cli",
-            "serve",
-            "--repository",
-            str(repo),
-            "--log-level",
-            "warning",
-            "--http-port",
-            str(port),
-            "--grpc-port",
-            str(free_port()),
-            "--metrics-port",
-            str(free_port()),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sloserve.cli",
+                "serve",
+                "--repository",
+                str(repo),
+                "--log-level",
+                "info",
+                "--http-port",
+                str(port),
+                "--grpc-port",
+                str(free_port()),
+                "--metrics-port",
+                str(free_port()),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     import httpx
 
     deadline = time.monotonic() + 120
@@ -228,13 +244,14 @@ def start_server(repo: Path, home: Path) -> tuple[subprocess.Popen[bytes], int]:
             pass
         time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("server did not start")
+    raise RuntimeError(f"server did not start; see {log}")
 
 
 # ---- the experiment ----------------------------------------------------------------------------
 
 
 def register(name: str, repo: Path, home: Path, seconds: float) -> tuple[list[Any], np.ndarray[Any, Any]]:
+    """Register ``name`` (every recipe) unless ``repo`` already holds it; its ready variants and validation rows."""
     from sloserve.control.registration import RegisterOptions, Registrar
     from sloserve.profiling.profiler import ProfileSettings
     from sloserve.registry.db import RegistryDB
@@ -242,20 +259,25 @@ def register(name: str, repo: Path, home: Path, seconds: float) -> tuple[list[An
     from sloserve.runtime import demo
     from sloserve.variant import VariantStatus
 
-    builder = {"digits": demo.build_digits, "digits_wide": demo.build_digits_wide}[name]
-    with tempfile.TemporaryDirectory() as scratch:
-        report = builder(ModelRepository(Path(scratch)), name)
-        x = np.load(report.validation_path)["X"].astype(np.float32)
-        with RegistryDB(home / "registry.sqlite3", repo) as db:
+    rows_file = repo.parent / f"{name}-rows.npy"
+    with RegistryDB(home / "registry.sqlite3", repo) as db:
+        if rows_file.exists() and db.model(name) is not None:
+            records = db.variants(name)
+            return [r for r in records if r.status is VariantStatus.READY], np.load(rows_file)
+        builder = {"digits": demo.build_digits, "digits_wide": demo.build_digits_wide}[name]
+        with tempfile.TemporaryDirectory() as scratch:
+            report = builder(ModelRepository(Path(scratch)), name)
+            x = np.load(report.validation_path)["X"].astype(np.float32)
             registrar = Registrar(
                 ModelRepository(repo), db, profile_settings=ProfileSettings(seconds_per_batch=seconds)
             )
             records = asyncio.run(
                 registrar.register(report.model_path, name, RegisterOptions(validation=report.validation_path))
             )
-        # the plain max-batch + timeout baseline: fp32 as its own model, 2 ms batching window
-        fp32 = next(r for r in records if r.id == "fp32")
-        ModelRepository(repo).write_model(_maxbatch_config(repo, name), Path(fp32.artifact))
+    # the plain max-batch + timeout baseline: fp32 as its own model, 2 ms batching window
+    fp32 = next(r for r in records if r.id == "fp32")
+    ModelRepository(repo).write_model(_maxbatch_config(repo, name), Path(fp32.artifact))
+    np.save(rows_file, x[:32])
     return [r for r in records if r.status is VariantStatus.READY], x
 
 
@@ -292,42 +314,52 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
     console.print(
         f"[bold]{name}[/]: classes " + ", ".join(f"{c.name} ≤{c.latency_ms} ms, acc ≥{c.min_accuracy}" for c in classes)
     )
-    proc, port = start_server(repo, home)
+    log = base / f"{name}-server.log"
+    proc, port = start_server(repo, home, log)
     rows = [row.tolist() for row in x[:32]]
     out: list[tuple[str, float, dict[str, Any]]] = []
+    configs: list[tuple[str, str, bool]] = [("modelless", f"/v2/models/{name}/infer", True)]
+    configs += [(f"fixed:{r.id}", f"/v2/models/{name}/versions/{r.id}/infer", False) for r in records]
+    configs.append(("maxbatch", f"/v2/models/{name}_maxbatch/infer", False))
+    if args.configs:
+        configs = [c for c in configs if c[0] in args.configs]
     try:
         capacity = generate(
             kind="closed", port=port, path=f"/v2/models/{name}/versions/fp32/infer", row=rows[0], seconds=3
         )
         console.print(f"capacity (closed loop, 64 connections, fp32 pinned): {capacity:,.0f} req/s")
-        configs: list[tuple[str, str, bool]] = [("modelless", f"/v2/models/{name}/infer", True)]
-        configs += [(f"fixed:{r.id}", f"/v2/models/{name}/versions/{r.id}/infer", False) for r in records]
-        configs.append(("maxbatch", f"/v2/models/{name}_maxbatch/infer", False))
         for step in args.steps:
             for label, path, send_slo in configs:
+                load = dict(
+                    kind="open",
+                    port=port,
+                    path=path,
+                    rows=rows,
+                    rate=step * capacity,
+                    send_slo=send_slo,
+                    classes=[c.__dict__ for c in classes],
+                )
                 with console.status(f"{name} {label} at {step:.0%}"):
+                    if args.warmup_seconds > 0:  # start what this configuration needs; not counted
+                        generate(**load, seconds=args.warmup_seconds, seed=0)
                     before = cpu_seconds(proc.pid)
-                    results = generate(
-                        kind="open",
-                        port=port,
-                        path=path,
-                        rows=rows,
-                        rate=step * capacity,
-                        seconds=args.step_seconds,
-                        send_slo=send_slo,
-                        seed=int(step * 100),
-                        classes=[c.__dict__ for c in classes],
-                    )
+                    measured = generate(**load, seconds=args.step_seconds, seed=int(step * 100))
                     cpu = cpu_seconds(proc.pid) - before
-                acc = dict(accuracy)
+                results = measured["results"]
                 if label == "maxbatch":  # its own model serving the fp32 artifact as version 1
                     results = [[c, s, ms, "fp32" if s == 200 else v] for c, s, ms, v in results]
-                out.append((label, step, summarize_step(results, classes, acc, cpu)))
+                summary = summarize_step(results, classes, dict(accuracy), cpu)
+                summary["errors"] = measured["errors"]
+                out.append((label, step, summary))
+                if args.verbose:
+                    console.print(f"{label} at {step:.0%}: {summary}")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     print_table(name, out, classes)
-    simulate_compare(name, repo, home, capacity, classes, args, out)
+    if args.simulate:
+        simulate_compare(name, repo, home, capacity, classes, args, out)
+    console.print(f"server log: {log}")
     return out
 
 
@@ -350,7 +382,25 @@ def summarize_step(
         "accuracy": float(np.mean(delivered)) if delivered else float("nan"),
         "p99_ms": float(np.nanpercentile(lat, 99)),
         "cpu_s_per_1k": cpu_s / max(sent, 1) * 1000,
+        "variants": {v: n for v, n in Counter(r[3] for r in served).most_common()},
+        "p50_ms": float(np.nanpercentile(lat, 50)),
+        "misses": _misses(results, classes, accuracy),
     }
+
+
+def _misses(results: list[list[Any]], classes: list[SloClass], accuracy: dict[str, float]) -> dict[str, int]:
+    """Why queries missed, per class: late (answered after the SLO), refused (429), dropped (504), other."""
+    out: Counter[str] = Counter()
+    for c, status, ms, version in results:
+        klass = classes[c]
+        if status == 200:
+            if ms > klass.latency_ms:
+                out[f"{klass.name}:late"] += 1
+            elif accuracy.get(version, 0.0) < klass.min_accuracy:
+                out[f"{klass.name}:inaccurate"] += 1
+        else:
+            out[f"{klass.name}:{status}"] += 1
+    return dict(out)
 
 
 def print_table(name: str, out: list[tuple[str, float, dict[str, Any]]], classes: list[SloClass]) -> None:
@@ -446,9 +496,22 @@ def main() -> None:
     parser.add_argument("--models", default="digits,digits_wide")
     parser.add_argument("--steps", default="0.2,0.4,0.6,0.8,1.0,1.2", type=lambda s: [float(x) for x in s.split(",")])
     parser.add_argument("--step-seconds", type=float, default=4.0)
+    parser.add_argument(
+        "--warmup-seconds", type=float, default=1.0, help="load at the step's rate before each measurement, not counted"
+    )
     parser.add_argument("--profile-seconds", type=float, default=0.2)
+    parser.add_argument(
+        "--configs", type=lambda s: set(s.split(",")), default=None, help="e.g. modelless,fixed:fp32,maxbatch"
+    )
+    parser.add_argument("--workdir", type=Path, default=None, help="keep (and reuse) registrations and logs here")
+    parser.add_argument("--no-simulate", dest="simulate", action="store_false")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print each step's summary as it ends")
     args = parser.parse_args()
     for name in args.models.split(","):
+        if args.workdir is not None:
+            (args.workdir / name).mkdir(parents=True, exist_ok=True)
+            run_model(name, args.workdir / name, args)
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             run_model(name, Path(tmp), args)
 

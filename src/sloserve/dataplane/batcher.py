@@ -46,6 +46,7 @@ from sloserve.errors import (
 )
 from sloserve.policy.batching import AimdConfig, LatencyModel, aimd_update, batch_size_for, expired
 from sloserve.replica import Arrays, Replica
+from sloserve.types import ReplicaId
 
 Outputs = dict[str, np.ndarray[Any, Any]]
 
@@ -100,7 +101,12 @@ class _Queue:
 
 
 BatchObserver = Callable[[int, float], None]
-"""Called with (rows, compute seconds) for every batch that ran successfully."""
+"""Called with (rows, service seconds) for every batch that ran successfully.
+
+Service time is dispatch to answer, less the time the batch spent queued in the
+replica behind the one before it (a replica runs its batches in order, up to
+``capacity`` in flight): what the batch itself took, which is what the latency
+model predicts. Waiting behind other batches is the queue estimate's part."""
 
 
 class DynamicBatcher:
@@ -130,6 +136,8 @@ class DynamicBatcher:
         """Requests dropped because they could no longer meet their deadline."""
         self.running_ms = 0.0
         """Predicted latency of the batches running now, summed."""
+        self._finished: dict[ReplicaId, float] = {}
+        """When each replica last answered a batch (for service times)."""
 
     @property
     def queued(self) -> int:
@@ -277,10 +285,12 @@ class DynamicBatcher:
             self.running_ms = max(0.0, self.running_ms - predicted_ms)
         finished = self._clock.now()
         compute_s = finished - started
+        service_s = finished - max(started, self._finished.get(replica.id, started))
+        self._finished[replica.id] = finished
         missed = any(w.deadline_s is not None and finished > w.deadline_s for w in batch)
         self.limit = aimd_update(self.limit, missed, self._aimd)
         if self._on_batch is not None:
-            self._on_batch(rows, compute_s)
+            self._on_batch(rows, service_s)
         _answer(batch, outputs, started, compute_s, split=self._spec.max_batch_size > 0)
 
 

@@ -67,10 +67,10 @@ class VersionHost:
         """EWMA of observed / profiled batch latency: the machine is shared and drifts."""
         self._load = _LoadWindow()
 
-        def on_batch(rows: int, compute_s: float) -> None:
-            self.stats.batch_executed(rows, compute_s)
-            metrics.batch_executed(name, rows, compute_s)
-            self._observe(rows, compute_s * 1e3)
+        def on_batch(rows: int, service_s: float) -> None:
+            self.stats.batch_executed(rows, service_s)
+            metrics.batch_executed(name, rows, service_s)
+            self._observe(rows, service_s * 1e3)
 
         initial = self._profiled_model(profile) if profile is not None else LatencyModel(0.0, 0.0)
         self.batcher = DynamicBatcher(spec, self.replicas, clock, on_batch, initial)

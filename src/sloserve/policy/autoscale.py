@@ -3,9 +3,11 @@
 Each tick the loop hands in, per variant, its replicas, the rows per second routed
 to it, its queueing delay and what one replica sustains (from the profile). A
 variant needs ``ceil(arrival / (capacity * target_utilization))`` replicas, one
-more when its queue is long. Needs are granted within the CPU budget, most
-overloaded first; CPUs held by variants that are nearly idle are reclaimed for
-them. When the budget is spent and a variant is still overloaded, the fastest
+more when its queue is long *and* its replicas are doing real work (at least
+``scale_down_utilization``): a long queue in front of idle replicas is the front
+end or the CPUs being short, which another replica would make worse. Needs are
+granted within the CPU budget, most overloaded first; CPUs held by variants that
+have been nearly idle for ``scale_down_after_s`` are reclaimed for them. When the budget is spent and a variant is still overloaded, the fastest
 variant (most rows per second per CPU) gets a replica instead: an *upgrade* that
 selection will send the overflow to. Going down is slower on purpose: a variant
 loses one replica at a time, only after staying under-used for
@@ -16,7 +18,7 @@ scaling up is never undone within that long.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -71,7 +73,11 @@ def utilization(load: VariantLoad) -> float:
 
 def needed_replicas(load: VariantLoad, config: AutoscaleConfig) -> int:
     need = math.ceil(load.arrival_rps / max(load.capacity_rps * config.target_utilization, 1e-9))
-    if load.queue_ms > config.queue_high_ms and load.arrival_rps > 0:
+    if (
+        load.queue_ms > config.queue_high_ms
+        and load.replicas > 0
+        and utilization(load) >= config.scale_down_utilization
+    ):
         need = max(need, load.replicas + 1)
     return min(config.max_replicas_per_variant, max(load.min_replicas, need))
 
@@ -91,7 +97,7 @@ def decide_scaling(
         want = needed_replicas(load, config) - target[load.id]
         while want > 0:
             if used + load.cpus_per_replica > config.cpu_budget:
-                freed = _reclaim(loads, target, load.id, config, decisions)
+                freed = _reclaim(loads, target, load.id, config, decisions, _held(low_since, grown_at, now_s, config))
                 if freed == 0:
                     break
                 used -= freed
@@ -138,8 +144,7 @@ def decide_scaling(
             low_since.pop(load.id, None)
             continue
         since = low_since.setdefault(load.id, now_s)
-        recently_grown = now_s - grown_at.get(load.id, -math.inf) < max(config.scale_down_after_s, load.load_ms / 1e3)
-        if now_s - since >= config.scale_down_after_s and not recently_grown:
+        if not _held(low_since, grown_at, now_s, config)(load):
             target[load.id] -= 1
             low_since[load.id] = now_s
             decisions.append(
@@ -154,12 +159,29 @@ def decide_scaling(
     return decisions, AutoscaleState(MappingProxyType(low_since), MappingProxyType(grown_at))
 
 
+def _held(
+    low_since: Mapping[str, float], grown_at: Mapping[str, float], now_s: float, config: AutoscaleConfig
+) -> Callable[[VariantLoad], bool]:
+    """Whether a variant must keep its replicas for now: it has not been under-used for ``scale_down_after_s``,
+    or it gained a replica more recently than that (or than its cold start): no flapping."""
+
+    def held(load: VariantLoad) -> bool:
+        since = low_since.get(load.id)
+        if since is None or now_s - since < config.scale_down_after_s:
+            return True
+        hold_s = max(config.scale_down_after_s, load.load_ms / 1e3)
+        return now_s - grown_at.get(load.id, -math.inf) < hold_s
+
+    return held
+
+
 def _reclaim(
     loads: Sequence[VariantLoad],
     target: dict[str, int],
     taker: str,
     config: AutoscaleConfig,
     decisions: list[ScaleDecision],
+    held: Callable[[VariantLoad], bool],
 ) -> int:
     """Take one replica from the least-used variant that can spare it; the CPUs freed (0: none could)."""
     spare = [
@@ -169,6 +191,7 @@ def _reclaim(
         and target[v.id] > v.min_replicas
         and target[v.id] == v.replicas
         and utilization(v) < config.scale_down_utilization
+        and not held(v)
     ]
     if not spare:
         return 0

@@ -284,3 +284,29 @@ async def test_the_window_never_holds_the_head_past_its_deadline() -> None:
     await clock.advance(0.0011)  # 8.1 ms: the head must go now to finish by 10 ms
     assert len(replica.batches) == 1
     await fut
+
+
+async def test_service_time_excludes_waiting_behind_the_batch_ahead_in_the_replica() -> None:
+    """A replica runs its in-flight batches in order: the second one's service starts when the first ends."""
+    clock = FakeClock()
+    replica = FakeReplica(capacity=2)
+    seen: list[tuple[int, float]] = []
+    spec = BatchingSpec(max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=100)
+    batcher = DynamicBatcher(spec, ReplicaSet([replica], ["y"], clock), clock, lambda n, s: seen.append((n, s)))
+    batcher.start()
+    first = batcher.submit(rows(1.0), 1)
+    await settle()
+    await clock.advance(0.001)
+    second = batcher.submit(rows(2.0, 2), 2)
+    await settle()
+    assert len(replica.batches) == 2  # both in flight on the one replica
+    await clock.advance(0.003)
+    replica.complete(0, double(replica.batches[0]))
+    await settle()
+    await clock.advance(0.002)
+    replica.complete(1, double(replica.batches[1]))
+    await settle()
+    await asyncio.gather(first, second)
+    assert seen == [(1, pytest.approx(0.004)), (2, pytest.approx(0.002))]
+    assert (await second).compute_s == pytest.approx(0.005)  # the client's compute_ms: dispatch to answer
+    await batcher.close()
