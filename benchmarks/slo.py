@@ -29,7 +29,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -133,25 +132,28 @@ def _version(body: bytes, status: int) -> str:
     return match.group(1).decode() if match else ""
 
 
-async def _closed_loop(port: int, path: str, row: list[float], seconds: float, connections: int = 64) -> float:
+async def _closed_loop(
+    port: int, path: str, row: list[float], seconds: float, connections: int = 64
+) -> tuple[float, float, float]:
+    """(requests/s, p50 ms, p99 ms) of ``connections`` clients each sending the next request on an answer."""
     body = orjson.dumps({"inputs": [{"name": "input", "shape": [1, len(row)], "datatype": "FP32", "data": row}]})
     request = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
-    done = 0
+    latencies: list[float] = []
     deadline = time.perf_counter() + seconds
 
     async def client() -> None:
-        nonlocal done
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        while time.perf_counter() < deadline:
+        while (sent := time.perf_counter()) < deadline:
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             await reader.readexactly(int(re.search(rb"content-length: (\d+)", head, re.I).group(1)))  # type: ignore[union-attr]
-            done += 1
+            latencies.append((time.perf_counter() - sent) * 1e3)
         writer.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(connections)))
-    return done / (time.perf_counter() - started)
+    p50, p99 = np.percentile(latencies, [50, 99])
+    return len(latencies) / (time.perf_counter() - started), float(p50), float(p99)
 
 
 def _generator_main(raw: str) -> None:
@@ -160,7 +162,8 @@ def _generator_main(raw: str) -> None:
     uvloop.install()
     args = json.loads(raw)
     if args["kind"] == "closed":
-        print(json.dumps(asyncio.run(_closed_loop(args["port"], args["path"], args["row"], args["seconds"]))))
+        closed = _closed_loop(args["port"], args["path"], args["row"], args["seconds"], args["connections"])
+        print(json.dumps(asyncio.run(closed)))
     else:
         results, errors = asyncio.run(
             _open_loop(
@@ -193,8 +196,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of a process and its children (workers), from /proc."""
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """CPU time of a process and (unless told not to) its children (workers), from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -203,7 +206,7 @@ def cpu_seconds(pid: int) -> float:
         except OSError:
             continue
         proc_pid, ppid = int(stat.parent.name), int(fields[1])
-        if proc_pid == pid or ppid == pid:
+        if proc_pid == pid or (children and ppid == pid):
             total += (int(fields[11]) + int(fields[12])) / tick
     return total
 
@@ -293,15 +296,18 @@ def _maxbatch_config(repo: Path, name: str) -> Any:
     )
 
 
-def classes_for(records: list[Any]) -> list[SloClass]:
+def classes_for(records: list[Any], idle_p99_ms: float) -> list[SloClass]:
+    """Tight: 4x the idle end-to-end p99 over HTTP (never under 3 ms or 6x the fastest variant's profiled p50);
+    loose: 5x that. Accuracy floors from the profiles: the tight class takes the median variant's accuracy
+    (at most fp32's - 0.02), the loose one fp32's - 0.01."""
     fastest = min(r.profile.latency_ms[1].p50_ms for r in records)
     accuracies = sorted(r.profile.accuracy for r in records if r.profile.accuracy is not None)
     reference = next(r.profile.accuracy for r in records if r.id == "fp32")
     median = accuracies[len(accuracies) // 2]
-    # HTTP and queueing add ~0.5-1 ms on this machine on top of the worker round trip in the profile
+    tight = round(max(3.0, 4 * idle_p99_ms, 6 * fastest), 1)
     return [
-        SloClass("tight", round(max(3.0, 6 * fastest), 2), round(min(median, reference - 0.02), 4)),
-        SloClass("loose", round(max(20.0, 40 * fastest), 2), round(reference - 0.01, 4)),
+        SloClass("tight", tight, round(min(median, reference - 0.02), 4)),
+        SloClass("loose", round(5 * tight, 1), round(reference - 0.01, 4)),
     ]
 
 
@@ -310,13 +316,17 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
     with console.status(f"registering {name}"):
         records, x = register(name, repo, home, args.profile_seconds)
     accuracy = {r.id: r.profile.accuracy for r in records}
-    classes = classes_for(records)
-    console.print(
-        f"[bold]{name}[/]: classes " + ", ".join(f"{c.name} ≤{c.latency_ms} ms, acc ≥{c.min_accuracy}" for c in classes)
-    )
     log = base / f"{name}-server.log"
     proc, port = start_server(repo, home, log)
     rows = [row.tolist() for row in x[:32]]
+    fp32_path = f"/v2/models/{name}/versions/fp32/infer"
+    _, idle_p50, idle_p99 = generate(kind="closed", port=port, path=fp32_path, row=rows[0], seconds=2, connections=1)
+    classes = classes_for(records, idle_p99)
+    console.print(
+        f"[bold]{name}[/]: idle end-to-end over HTTP (fp32, one connection) p50 {idle_p50:.2f} ms, p99 "
+        f"{idle_p99:.2f} ms; classes "
+        + ", ".join(f"{c.name} ≤{c.latency_ms} ms, acc ≥{c.min_accuracy}" for c in classes)
+    )
     out: list[tuple[str, float, dict[str, Any]]] = []
     configs: list[tuple[str, str, bool]] = [("modelless", f"/v2/models/{name}/infer", True)]
     configs += [(f"fixed:{r.id}", f"/v2/models/{name}/versions/{r.id}/infer", False) for r in records]
@@ -324,9 +334,7 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
     if args.configs:
         configs = [c for c in configs if c[0] in args.configs]
     try:
-        capacity = generate(
-            kind="closed", port=port, path=f"/v2/models/{name}/versions/fp32/infer", row=rows[0], seconds=3
-        )
+        capacity, _, _ = generate(kind="closed", port=port, path=fp32_path, row=rows[0], seconds=3, connections=64)
         console.print(f"capacity (closed loop, 64 connections, fp32 pinned): {capacity:,.0f} req/s")
         for step in args.steps:
             for label, path, send_slo in configs:
@@ -342,14 +350,16 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
                 with console.status(f"{name} {label} at {step:.0%}"):
                     if args.warmup_seconds > 0:  # start what this configuration needs; not counted
                         generate(**load, seconds=args.warmup_seconds, seed=0)
-                    before = cpu_seconds(proc.pid)
+                    before, front_before = cpu_seconds(proc.pid), cpu_seconds(proc.pid, children=False)
                     measured = generate(**load, seconds=args.step_seconds, seed=int(step * 100))
                     cpu = cpu_seconds(proc.pid) - before
+                    front = cpu_seconds(proc.pid, children=False) - front_before
                 results = measured["results"]
                 if label == "maxbatch":  # its own model serving the fp32 artifact as version 1
                     results = [[c, s, ms, "fp32" if s == 200 else v] for c, s, ms, v in results]
                 summary = summarize_step(results, classes, dict(accuracy), cpu)
                 summary["errors"] = measured["errors"]
+                summary["frontend_ms"] = front / max(summary["sent"], 1) * 1e3
                 out.append((label, step, summary))
                 if args.verbose:
                     console.print(f"{label} at {step:.0%}: {summary}")
@@ -449,17 +459,22 @@ def simulate_compare(
     args: argparse.Namespace,
     out: list[tuple[str, float, dict[str, Any]]],
 ) -> None:
-    """The same steps in the simulator, at 1x and 100x the rate, against the measured model-less attainment."""
-    if shutil.which(sys.executable) is None:
+    """The same steps in the simulator, at 1x and 100x the rate, against the measured model-less attainment.
+
+    The simulated front end costs what the server's own process spent per query at the lowest
+    step (CPU, measured); at 100x there are 100 front ends and 100x the CPUs."""
+    modelless = sorted((s, r) for label, s, r in out if label == "modelless")
+    if not modelless:
         return
-    table = Table(title=f"{name}: simulator vs measurement (model-less)")
-    for col in ("load", "measured", "simulated 1x", "simulated 100x (cpus x100)"):
+    frontend_ms = modelless[0][1]["frontend_ms"]
+    table = Table(title=f"{name}: simulator vs measurement (model-less; front end {frontend_ms:.3f} ms CPU/query)")
+    for col in ("load", "measured", "simulated 1x", "simulated 1x, free front end", "simulated 100x"):
         table.add_column(col, justify="right")
     env = {**os.environ, "SLOSERVE_HOME": str(home)}
     slo_flags = [f"--slo={c.name}:{c.latency_ms}:{c.min_accuracy}:0.5" for c in classes]
-    for step in args.steps:
+    for step, measured in modelless:
         sims = []
-        for scale in (1, 100):
+        for scale, front in ((1, frontend_ms), (1, 0.0), (100, frontend_ms)):
             cmd = [
                 sys.executable,
                 "-m",
@@ -475,6 +490,10 @@ def simulate_compare(
                 str(args.step_seconds),
                 "--cpus",
                 str(2 * scale),
+                "--frontend-ms",
+                str(front),
+                "--frontend-workers",
+                str(scale),
                 "--json",
                 "--seed",
                 "1",
@@ -486,7 +505,6 @@ def simulate_compare(
                 continue
             report = json.loads(done.stdout)
             sims.append(f"{report['attainment']:.2%}")
-        measured = next(r for label, s, r in out if label == "modelless" and s == step)
         table.add_row(f"{step:.0%}", f"{measured['attainment']:.2%}", *sims)
     console.print(table)
 

@@ -97,6 +97,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     g.add_argument(
         "--slowdown", type=float, default=1.0, help="true service time / profiled, learnt by the correction (default 1)"
     )
+    g.add_argument(
+        "--frontend-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="front-end CPU per request (parse, select, encode): requests queue for a front end first (default 0)",
+    )
+    g.add_argument("--frontend-workers", type=int, default=1, metavar="N", help="front-end processes (default 1)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -128,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
         autoscale=autoscale,
         initial_replicas=args.initial_replicas,
         fixed_replicas=args.replicas,
+        frontend_ms=args.frontend_ms,
+        frontend_workers=args.frontend_workers,
     )
     report = simulate(families, workload, config)
     if args.json:

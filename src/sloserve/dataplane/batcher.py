@@ -8,9 +8,10 @@ into batches:
   waiting, holding the oldest request at most ``max_queue_delay_s`` for others,
   and never past the point where the head could still make its deadline;
 * the batch size adapts by AIMD (Clipper): the limit grows by a few rows after a
-  batch that met every deadline in it and halves after one that missed; the batch
-  actually taken is the largest under the limit whose predicted latency fits the
-  tightest deadline waiting (:mod:`sloserve.policy.batching`);
+  batch that ran within the tightest latency SLO in it and halves after one that
+  did not (lateness from waiting is the queue's, not the batch size's); the
+  batch actually taken is the largest under the limit whose predicted latency fits
+  the tightest deadline waiting (:mod:`sloserve.policy.batching`);
 * a request that can no longer meet its deadline, even alone, is dropped before
   compute with DEADLINE_EXCEEDED; it is never answered silently late;
 * the queue is bounded: past ``max_queue_size`` waiting requests new ones are
@@ -44,7 +45,14 @@ from sloserve.errors import (
     SloserveError,
     UnavailableError,
 )
-from sloserve.policy.batching import AimdConfig, LatencyModel, aimd_update, batch_size_for, expired
+from sloserve.policy.batching import (
+    AimdConfig,
+    LatencyModel,
+    aimd_update,
+    batch_size_for,
+    batch_too_slow,
+    expired,
+)
 from sloserve.replica import Arrays, Replica
 from sloserve.types import ReplicaId
 
@@ -287,8 +295,9 @@ class DynamicBatcher:
         compute_s = finished - started
         service_s = finished - max(started, self._finished.get(replica.id, started))
         self._finished[replica.id] = finished
-        missed = any(w.deadline_s is not None and finished > w.deadline_s for w in batch)
-        self.limit = aimd_update(self.limit, missed, self._aimd)
+        budgets = [w.deadline_s - w.enqueued_s for w in batch if w.deadline_s is not None]
+        too_slow = batch_too_slow(service_s * 1e3, min(budgets) * 1e3 if budgets else None)
+        self.limit = aimd_update(self.limit, too_slow, self._aimd)
         if self._on_batch is not None:
             self._on_batch(rows, service_s)
         _answer(batch, outputs, started, compute_s, split=self._spec.max_batch_size > 0)

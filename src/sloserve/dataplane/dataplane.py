@@ -20,7 +20,7 @@ from sloserve.clock import Clock
 from sloserve.dataplane.batcher import RowsResult
 from sloserve.dataplane.cache import PredictionCache, input_digest
 from sloserve.dataplane.host import VersionHost
-from sloserve.dataplane.selector import AdmissionRefused, choose_variant
+from sloserve.dataplane.selector import AdmissionRefused, VariantChooser
 from sloserve.dataplane.slo import request_slo
 from sloserve.dataplane.splitter import MAX_CHUNKS, scatter_gather
 from sloserve.dataplane.validation import check_request
@@ -54,6 +54,7 @@ class RepositoryControl(Protocol):
 class _ModelView:
     loaded: LoadedModel
     hosts: dict[VersionId, VersionHost]
+    chooser: VariantChooser
 
 
 class DataPlane:
@@ -80,6 +81,7 @@ class DataPlane:
     async def apply_catalog(self, snapshot: CatalogSnapshot) -> None:
         """Start hosts for newly running versions; drain and drop those that went away."""
         current = {(name, v): host for name, view in self._models.items() for v, host in view.hosts.items()}
+        choosers = {name: view.chooser for name, view in self._models.items()}
         models: dict[str, _ModelView] = {}
         for name, loaded in snapshot.loaded.items():
             hosts: dict[VersionId, VersionHost] = {}
@@ -100,7 +102,10 @@ class DataPlane:
                     host.start()
                 hosts[version] = host
                 self._metrics.replicas(name, version, len(running.replicas))
-            models[name] = _ModelView(loaded, hosts)
+            chooser = choosers.get(name)
+            if chooser is None or self._models[name].loaded.profiles is not loaded.profiles:
+                chooser = VariantChooser(loaded.profiles, loaded.config.max_batch_size)
+            models[name] = _ModelView(loaded, hosts, chooser)
         self._models = models
         self._catalog = snapshot
         self._cache.retain(snapshot)  # answers of replaced models and versions go
@@ -274,7 +279,7 @@ class DataPlane:
         loaded = view.loaded
         name = loaded.name
         try:
-            choice = choose_variant(loaded.profiles, view.hosts, slo, rows, loaded.config.max_batch_size)
+            choice, cheaper = view.chooser.choose(view.hosts, slo, rows)
         except AdmissionRefused as refused:
             self._metrics.request_rejected(name, "slo_overloaded")
             host = view.hosts.get(VersionId(refused.variant))
@@ -288,24 +293,10 @@ class DataPlane:
             self._metrics.request_rejected(name, "slo_impossible")
             raise
         self._metrics.variant_selected(name, choice.variant)
-        self._note_cheaper_idle(view, slo, choice.variant, rows)
-        return VersionId(choice.variant)
-
-    def _note_cheaper_idle(self, view: _ModelView, slo: Slo, chosen: str, rows: int) -> None:
-        """Count demand for a cheaper accurate-enough variant that is not running, so the autoscaler starts it."""
-        profiles = view.loaded.profiles
-        cost = profiles[VersionId(chosen)].cost_cpu_s_per_1k
-        cheaper = [
-            (p.cost_cpu_s_per_1k, v)
-            for v, p in profiles.items()
-            if v not in view.hosts
-            and p.cost_cpu_s_per_1k < cost
-            and (slo.min_accuracy is None or (p.accuracy is not None and p.accuracy >= slo.min_accuracy))
-            and (slo.latency_ms is None or p.predict_latency_ms(rows) <= slo.latency_ms)
-        ]
-        if cheaper:
-            key = (view.loaded.name, min(cheaper)[1])
+        if cheaper is not None:  # a cheaper accurate-enough variant is not running: the autoscaler should start it
+            key = (name, cheaper)
             self._wanted[key] = self._wanted.get(key, 0) + rows
+        return VersionId(choice.variant)
 
     @staticmethod
     def _response(

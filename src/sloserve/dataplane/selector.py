@@ -12,6 +12,7 @@ client error (INVALID_ARGUMENT) naming the closest variants, unless it asked for
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -114,3 +115,46 @@ def choose_variant(
             f'even on an idle server: {describe(idle)}. Relax the SLO or send "best_effort": true'
         )
     raise AdmissionRefused(f"overloaded: {describe(choice)}; retry later", idle.variant)
+
+
+class VariantChooser:
+    """:func:`choose_variant` for one model's variants, cheap enough for every query.
+
+    The variants are visited cheapest first, and the visit ends at the first cost that
+    has a variant predicted to fit: on a server that is not overloaded one or two
+    predictions are made per query instead of one per variant. The answer is the one
+    :func:`choose_variant` gives (property-tested); when nothing fits, it is asked, for
+    its refusal or best-effort choice.
+    """
+
+    def __init__(self, profiles: Mapping[VersionId, VariantProfile], max_batch: int) -> None:
+        self._profiles = dict(profiles)
+        self._max_batch = max_batch
+        self._by_cost = sorted(self._profiles.items(), key=lambda vp: (vp[1].cost_cpu_s_per_1k, vp[0]))
+
+    def choose(self, live: Mapping[VersionId, LiveState], slo: Slo, rows: int) -> tuple[Choice, VersionId | None]:
+        """The choice, and the cheapest variant accurate enough that is not running but would fit once
+        started (demand the autoscaler should see: the query went to a dearer variant), if any."""
+        bound = math.inf if slo.latency_ms is None else slo.latency_ms
+        minimum = slo.min_accuracy
+        best: tuple[bool, float, str] | None = None
+        best_cost = math.inf
+        idle_fit: tuple[float, VersionId] | None = None
+        for version, profile in self._by_cost:
+            cost = profile.cost_cpu_s_per_1k
+            if cost > best_cost:
+                break
+            if minimum is not None and (profile.accuracy is None or profile.accuracy < minimum):
+                continue
+            state = live.get(version)
+            predicted = candidate(version, profile, state, rows, self._max_batch).predict_ms(rows)
+            if predicted <= bound:
+                key = (state is None, predicted, version)
+                if best is None or key < best:
+                    best, best_cost = key, cost
+            elif state is None and idle_fit is None and profile.predict_latency_ms(rows) <= bound:
+                idle_fit = (cost, version)
+        if best is None:
+            return choose_variant(self._profiles, live, slo, rows, self._max_batch), None
+        cheaper = idle_fit[1] if idle_fit is not None and idle_fit[0] < best_cost else None
+        return Choice(best[2], best[1]), cheaper

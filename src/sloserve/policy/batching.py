@@ -1,8 +1,12 @@
 """Deadline-aware adaptive batch sizing (Clipper's AIMD, bounded by the tightest deadline waiting).
 
 ``aimd_update`` moves the batch-size limit: additive increase after a batch that
-met every deadline in it, multiplicative decrease after one that missed. The size
-actually taken, ``batch_size_for``, is the largest batch not above the limit whose
+ran fast enough, multiplicative decrease after one that was too slow
+(``batch_too_slow``: its own service time took longer than the tightest latency
+SLO in it, Clipper's signal). A batch whose requests were late because
+they *waited* is not the batch size's fault: shrinking batches then only lowers
+throughput and lengthens the queue, a spiral this rule avoids. The size actually
+taken, ``batch_size_for``, is the largest batch not above the limit whose
 predicted latency still fits the tightest deadline in the queue.
 """
 
@@ -28,8 +32,14 @@ class AimdConfig:
     min_batch: int = 1
 
 
+def batch_too_slow(service_ms: float, tightest_slo_ms: float | None) -> bool:
+    """Whether a batch was too big: running it took longer than the tightest latency SLO among its
+    requests, so none of them could have made it however short their wait. None: no latency SLO in it."""
+    return tightest_slo_ms is not None and service_ms > tightest_slo_ms
+
+
 def aimd_update(limit: int, missed_deadline: bool, config: AimdConfig) -> int:
-    """The next batch-size limit after a batch that did (or did not) miss a deadline."""
+    """The next batch-size limit after a batch that was (or was not) too slow (:func:`batch_too_slow`)."""
     if missed_deadline:
         return max(config.min_batch, int(limit * config.decrease))
     return min(config.max_batch, limit + config.increase)

@@ -69,6 +69,10 @@ class SimConfig:
     Off: select_variant over every variant for every arrival; the results are identical."""
     aimd_increase: int = 4
     aimd_decrease: float = 0.5
+    frontend_ms: float = 0.0
+    """Front-end CPU per request (HTTP parsing, selection, encoding): each request waits its turn at one of
+    ``frontend_workers`` FIFO front ends for this long before admission. 0: a front end that costs nothing."""
+    frontend_workers: int = 1
 
     def autoscale_config(self) -> AutoscaleConfig:
         if self.autoscale is not None:
@@ -78,6 +82,10 @@ class SimConfig:
     def check(self) -> None:
         if self.cpus < 1:
             raise InvalidArgumentError(f"--cpus must be at least 1, got {self.cpus}")
+        if not (math.isfinite(self.frontend_ms) and self.frontend_ms >= 0):
+            raise InvalidArgumentError(f"--frontend-ms must be a non-negative number, got {self.frontend_ms}")
+        if self.frontend_workers < 1:
+            raise InvalidArgumentError(f"--frontend-workers must be at least 1, got {self.frontend_workers}")
         if not self.autoscale_interval_s > 0:
             raise InvalidArgumentError("--autoscale-interval must be positive")
         if not (self.noise_sigma >= 0 and self.slowdown > 0):

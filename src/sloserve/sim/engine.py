@@ -17,8 +17,9 @@ one queue. Under the model-less policy (the default):
   a free replica drops expired heads (:func:`~sloserve.policy.batching.expired`, a
   deadline drop) and takes :func:`~sloserve.policy.batching.batch_size_for` rows with
   the head's slack, under an AIMD limit updated by
-  :func:`~sloserve.policy.batching.aimd_update` after every batch (missed: a request in
-  it finished after its deadline). Work-conserving: no batching wait.
+  :func:`~sloserve.policy.batching.aimd_update` after every batch (decrease when
+  :func:`~sloserve.policy.batching.batch_too_slow`: its service took longer than
+  the tightest SLO in it). Work-conserving: no batching wait.
 - **autoscaling**: every ``autoscale_interval_s``
   :func:`~sloserve.policy.autoscale.decide_scaling` gets a
   :class:`~sloserve.policy.autoscale.VariantLoad` per variant (rows per second routed
@@ -33,6 +34,13 @@ The comparison policies send every query to one variant with no admission, no
 deadlines and no autoscaling, over a fixed pool: ``fixed`` batches whatever is queued
 when a replica frees (up to ``max_batch``), ``maxbatch`` waits until ``max_batch``
 rows are queued or the oldest has waited ``timeout_ms``.
+
+With ``frontend_ms`` > 0 every request first waits its turn at one of
+``frontend_workers`` FIFO front ends (the HTTP/gRPC process: parsing, selection,
+encoding), which holds it that long; admission, and the server's deadline
+(admission + SLO, as the real server only sees a request once it is parsed), start
+there, while attainment is judged from the client's send time. This is what makes
+a small model's serving front-end-bound, as it is on a real machine.
 
 Service time = the variant's latency model at the batch's rows x ``slowdown`` x
 lognormal noise (median 1, ``noise_sigma``). Everything random is drawn from numpy
@@ -52,7 +60,7 @@ import numpy as np
 
 from sloserve.errors import InvalidArgumentError
 from sloserve.policy.autoscale import ScaleDecision
-from sloserve.policy.batching import LatencyModel, aimd_update, batch_size_for, expired
+from sloserve.policy.batching import LatencyModel, aimd_update, batch_size_for, batch_too_slow, expired
 from sloserve.policy.selection import Choice
 from sloserve.sim.config import SimConfig
 from sloserve.sim.family import Family
@@ -94,6 +102,23 @@ class Trace:
     wall_s: float
 
 
+def frontend_exit_ms(arrivals_ms: FloatArray, service_ms: float, workers: int) -> FloatArray:
+    """When each request (sorted arrivals) leaves ``workers`` FIFO front ends that each hold it ``service_ms``.
+
+    Every request takes the front end that frees first; with one service time for all,
+    requests leave in arrival order, so the engine can admit them in that order.
+    """
+    if service_ms <= 0:
+        return arrivals_ms.copy()
+    exits = np.empty_like(arrivals_ms)
+    free = [0.0] * workers
+    for i, arrival in enumerate(arrivals_ms.tolist()):
+        start = max(arrival, heappop(free))
+        exits[i] = start + service_ms
+        heappush(free, exits[i])
+    return exits
+
+
 class Simulator:
     def __init__(self, families: Sequence[Family], workload: Workload, config: SimConfig) -> None:
         config.check()
@@ -130,12 +155,13 @@ class Simulator:
         self.noise: list[float] = []
         self.noise_at = 0
         n = len(workload)
-        self.times: list[float] = workload.time_ms.tolist()
+        admitted_ms = frontend_exit_ms(workload.time_ms, config.frontend_ms, config.frontend_workers)
+        self.times: list[float] = admitted_ms.tolist()
         self.rows: list[int] = workload.rows.tolist()
         self.klass: list[int] = workload.klass.tolist()
         self.model: list[int] = workload.model.tolist()
         self.deadlines_arr = workload.deadlines_ms()
-        self.deadlines: list[float] = self.deadlines_arr.tolist()
+        self.deadlines: list[float] = (self.deadlines_arr + (admitted_ms - workload.time_ms)).tolist()
         self.out: list[int] = [PENDING] * n
         self.fin: list[float] = [math.nan] * n
         self.best_effort: set[int] = set()
@@ -322,9 +348,10 @@ class Simulator:
                     break
                 batch.append(heappop(q)[1])
                 taken += r
-            if self.best_effort:  # AIMD judges a batch by the deadlines it was promised to meet
-                deadline = min((self.deadlines[r] for r in batch if r not in self.best_effort), default=math.inf)
-            self._start_batch(p, batch, taken, deadline)
+            # AIMD judges a batch by the tightest SLO it was promised (best-effort deadlines are no promise)
+            deadlines, times, best = self.deadlines, self.times, self.best_effort
+            budget = min([deadlines[r] - times[r] for r in batch if not best or r not in best], default=math.inf)
+            self._start_batch(p, batch, taken, budget)
         self.selector.touch(p)
 
     def _dispatch_fifo(self, p: Pool) -> None:
@@ -349,7 +376,8 @@ class Simulator:
                 taken += rows[rid]
             self._start_batch(p, batch, taken, math.inf)
 
-    def _start_batch(self, p: Pool, batch: list[int], rows: int, tightest_ms: float) -> None:
+    def _start_batch(self, p: Pool, batch: list[int], rows: int, budget_ms: float) -> None:
+        """``budget_ms``: the tightest latency SLO among the batch's requests (inf: none)."""
         times = self.times
         p.queue_wait_ms += len(batch) * self.now - sum([times[rid] for rid in batch])
         p.queue_waits += len(batch)
@@ -359,10 +387,10 @@ class Simulator:
         p.running_ms += p.live.predict_ms(rows)
         service = self._service_ms(p, rows)
         self.seq += 1
-        heappush(self.heap, (self.now + service, self.seq, _DONE, p, (batch, tightest_ms, rows, service)))
+        heappush(self.heap, (self.now + service, self.seq, _DONE, p, (batch, budget_ms, rows, service)))
 
     def _done(self, p: Pool, payload: tuple[list[int], float, int, float], modelless: bool) -> None:
-        batch, tightest_ms, rows, service = payload
+        batch, budget_ms, rows, service = payload
         t = self.now
         p.busy -= 1
         p.running_ms = max(0.0, p.running_ms - p.live.predict_ms(rows)) if p.busy else 0.0
@@ -381,7 +409,8 @@ class Simulator:
         p.served_rows += rows
         p.busy_ms += service
         if modelless:
-            p.limit = aimd_update(p.limit, t > tightest_ms, p.aimd)
+            too_slow = batch_too_slow(service, budget_ms if budget_ms != math.inf else None)
+            p.limit = aimd_update(p.limit, too_slow, p.aimd)
             predicted = max(p.base.predict_ms(rows), _MIN_SERVICE_MS)
             p.correction += self.config.correction_alpha * (service / predicted - p.correction)
             p.live = LatencyModel(p.base.intercept_ms * p.correction, p.base.per_row_ms * p.correction)

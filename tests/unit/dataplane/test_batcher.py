@@ -255,22 +255,40 @@ async def test_batch_size_shrinks_to_fit_the_tightest_deadline() -> None:
     assert sum(f.done() for f in futures) >= 3
 
 
-async def test_aimd_halves_the_limit_after_a_miss_and_grows_after_a_hit() -> None:
+async def test_aimd_halves_the_limit_after_a_slow_batch_and_grows_after_a_fast_one() -> None:
     clock = FakeClock()
     replica = FakeReplica(capacity=1)
     batcher = make([replica], clock, max_batch=32)
     assert batcher.limit == 32
-    late = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.001)
+    slow = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.004)
     await settle()
-    await clock.advance(0.002)  # the batch finishes after its deadline
+    await clock.advance(0.0045)  # the batch alone took longer than its 4 ms SLO
     replica.complete(0, double(replica.batches[0]))
-    await late
+    await slow
     assert batcher.limit == 16
-    on_time = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 1.0)
+    fast = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 1.0)
     await settle()
     replica.complete(1, double(replica.batches[1]))
-    await on_time
+    await fast
     assert batcher.limit == 20
+
+
+async def test_lateness_from_waiting_does_not_shrink_batches() -> None:
+    """Requests late because they queued behind others: smaller batches would only lower throughput."""
+    clock = FakeClock()
+    replica = FakeReplica(capacity=1)
+    batcher = make([replica], clock, max_batch=32)
+    first = batcher.submit(rows(1.0), 1)
+    await settle()
+    waiting = batcher.submit(rows(2.0), 1, deadline_s=clock.now() + 0.004)
+    await clock.advance(0.0035)  # the second request waits 3.5 ms for the replica
+    replica.complete(0, double(replica.batches[0]))
+    await first
+    await settle()
+    await clock.advance(0.003)  # then runs in 3 ms: done after its 4 ms deadline
+    replica.complete(1, double(replica.batches[1]))
+    await waiting
+    assert batcher.limit == 32
 
 
 async def test_the_window_never_holds_the_head_past_its_deadline() -> None:

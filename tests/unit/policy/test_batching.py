@@ -44,3 +44,11 @@ def test_aimd_stays_within_bounds(misses: list[bool], start: int) -> None:
     for missed in misses:
         limit = aimd_update(limit, missed, config)
         assert 1 <= limit <= 64
+
+
+def test_a_batch_is_too_slow_when_it_alone_took_longer_than_the_tightest_slo() -> None:
+    from sloserve.policy.batching import batch_too_slow
+
+    assert batch_too_slow(5.1, 5.0)
+    assert not batch_too_slow(4.9, 5.0)
+    assert not batch_too_slow(100.0, None)

@@ -197,3 +197,26 @@ def test_scale_smoke_20k_per_second_over_200_cpus() -> None:
     assert report.arrivals > 19_000
     assert report.attainment_admitted is not None and report.attainment_admitted > 0.99
     assert elapsed < 5.0, f"20k arrivals took {elapsed:.1f} s"
+
+
+def test_front_end_exit_times_queue_fifo_at_the_free_front_end() -> None:
+    from sloserve.sim.engine import frontend_exit_ms
+
+    arrivals = np.array([0.0, 0.1, 0.2, 5.0])
+    assert frontend_exit_ms(arrivals, 1.0, 1).tolist() == pytest.approx([1.0, 2.0, 3.0, 6.0])
+    assert frontend_exit_ms(arrivals, 1.0, 2).tolist() == pytest.approx([1.0, 1.1, 2.0, 6.0])
+    assert frontend_exit_ms(arrivals, 0.0, 1).tolist() == arrivals.tolist()
+
+
+def test_a_saturated_front_end_makes_a_small_model_miss_its_slos(trio: Family) -> None:
+    """1,000 req/s against a front end that needs 0.5 ms each is fine; 2,500 req/s (1.25 ms of front end
+    per ms) is not, however many replicas there are: the requests wait before any policy sees them."""
+    loose = [klass("loose", 50, 0.85)]
+    light = run(trio, [Segment(3, 1000)], loose, SimConfig(cpus=8, frontend_ms=0.5))
+    assert light.attainment is not None and light.attainment >= 0.99
+    heavy = run(trio, [Segment(3, 2500)], loose, SimConfig(cpus=8, frontend_ms=0.5))
+    assert heavy.attainment is not None and heavy.attainment < 0.5
+    scaled = run(trio, [Segment(3, 2500)], loose, SimConfig(cpus=8, frontend_ms=0.5, frontend_workers=2))
+    assert scaled.attainment is not None and scaled.attainment >= 0.99
+    with pytest.raises(InvalidArgumentError, match="frontend-workers"):
+        run(trio, [Segment(1, 10)], loose, SimConfig(frontend_workers=0))

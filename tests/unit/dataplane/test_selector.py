@@ -1,0 +1,111 @@
+"""The request path's variant chooser gives choose_variant's answer, cheaply."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sloserve.dataplane.selector import AdmissionRefused, LiveState, VariantChooser, choose_variant
+from sloserve.errors import InvalidArgumentError
+from sloserve.policy.selection import Choice, Slo
+from sloserve.types import VersionId
+from sloserve.variant import LatencyStats, VariantProfile
+
+
+@dataclass
+class Live:
+    queued_rows: int
+    busy: int
+    replica_count: int
+    batch_limit: int
+    correction: float
+    running_ms: float
+
+
+def profile(intercept: float, per_row: float, accuracy: float, cost: float, load_ms: float) -> VariantProfile:
+    stats = LatencyStats(intercept, intercept, intercept)
+    return VariantProfile(
+        {1: stats}, intercept, per_row, 16, 1000.0, accuracy, None, 50.0, 1000, load_ms, 100, 10, cost
+    )
+
+
+variants = st.dictionaries(
+    st.sampled_from(["fp32", "int8", "pruned", "distilled", "fp16"]),
+    st.tuples(
+        st.floats(0.05, 5.0),
+        st.floats(0.0, 0.5),
+        st.sampled_from([0.9, 0.95, 0.97, 0.99]),
+        st.sampled_from([0.5, 1.0, 1.0, 2.0]),  # equal costs on purpose: ties must break the same way
+        st.floats(10.0, 300.0),
+        st.one_of(
+            st.none(),
+            st.builds(
+                Live,
+                st.integers(0, 200),
+                st.integers(0, 3),
+                st.integers(1, 3),
+                st.integers(1, 64),
+                st.floats(0.25, 8.0),
+                st.floats(0.0, 20.0),
+            ),
+        ),
+    ),
+    min_size=1,
+)
+
+
+def old_cheaper_idle(
+    profiles: dict[VersionId, VariantProfile], live: dict[VersionId, LiveState], slo: Slo, chosen: str, rows: int
+) -> VersionId | None:
+    """What the data plane computed before the chooser: the cheapest fitting accurate variant not running."""
+    cost = profiles[VersionId(chosen)].cost_cpu_s_per_1k
+    cheaper = [
+        (p.cost_cpu_s_per_1k, v)
+        for v, p in profiles.items()
+        if v not in live
+        and p.cost_cpu_s_per_1k < cost
+        and (slo.min_accuracy is None or (p.accuracy is not None and p.accuracy >= slo.min_accuracy))
+        and (slo.latency_ms is None or p.predict_latency_ms(rows) <= slo.latency_ms)
+    ]
+    return min(cheaper)[1] if cheaper else None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    variants,
+    st.one_of(st.none(), st.floats(0.5, 50.0)),
+    st.one_of(st.none(), st.sampled_from([0.9, 0.95, 0.97, 0.99, 0.999])),
+    st.booleans(),
+    st.integers(1, 8),
+)
+def test_the_chooser_agrees_with_choose_variant(
+    family: dict[str, tuple[float, float, float, float, float, Live | None]],
+    latency: float | None,
+    accuracy: float | None,
+    best_effort: bool,
+    rows: int,
+) -> None:
+    profiles = {VersionId(v): profile(*spec[:5]) for v, spec in family.items()}
+    live: dict[VersionId, LiveState] = {VersionId(v): spec[5] for v, spec in family.items() if spec[5] is not None}
+    slo = Slo(latency, accuracy, best_effort)
+    try:
+        expected: Choice | Exception = choose_variant(profiles, live, slo, rows, 64)
+    except (AdmissionRefused, InvalidArgumentError) as error:
+        expected = error
+    chooser = VariantChooser(profiles, 64)
+    if isinstance(expected, Exception):
+        with pytest.raises(type(expected)) as raised:
+            chooser.choose(live, slo, rows)
+        assert str(raised.value) == str(expected)
+        return
+    got, cheaper = chooser.choose(live, slo, rows)
+    assert got.variant == expected.variant
+    assert got.predicted_ms == pytest.approx(expected.predicted_ms)
+    feasible = expected.predicted_ms <= (latency if latency is not None else float("inf"))
+    if feasible:
+        assert cheaper == old_cheaper_idle(profiles, live, slo, got.variant, rows)
+    else:
+        assert cheaper is None  # best effort: no demand recorded
