@@ -1,11 +1,13 @@
 """Model-less serving against fixed variants, under a mixed SLO workload stepping from 20% to 120% of capacity.
 
     python benchmarks/slo.py [--step-seconds 4] [--models digits,digits_wide] [--steps 0.2,0.4,0.6,0.8,1.0,1.2]
+                             [--configs modelless,fixed:fp32,maxbatch] [--workdir DIR] [--no-simulate] [-v]
 
-For each bundled model: register it (every recipe), start `sloserve serve` in its own
-process, measure capacity (closed loop, 64 connections, fp32 pinned, no SLO), then
+For each bundled model: register it (every recipe; kept and reused with --workdir), start
+`sloserve serve` in its own process, measure the idle end-to-end latency (one connection,
+fp32 pinned) and the capacity (closed loop, 64 connections, fp32 pinned, no SLO), then
 replay open-loop Poisson load at each step of that capacity, half "tight" and half
-"loose" queries (SLO classes chosen from the profiles), through:
+"loose" queries, through:
 
 * modelless   no version pinned: each query states its SLO; sloserve selects, batches
               by deadline and refuses at once what it cannot serve in time;
@@ -13,13 +15,22 @@ replay open-loop Poisson load at each step of that capacity, half "tight" and ha
               hand-tuned deployment of one variant does);
 * maxbatch    fp32 with plain max-batch + 2 ms timeout batching, no SLO parameters.
 
+SLO classes: tight = 4x the idle end-to-end p99 over HTTP (at least 3 ms and 6x the
+fastest variant's profiled p50), loose = 5x tight; accuracy floors from the profiles
+(see classes_for). Each measurement follows a warm-up at the same rate (--warmup-seconds,
+not counted) that starts what the configuration needs, so no row pays a cold start.
+
 Latency is measured client-side from each query's scheduled send time (open loop), so a
 queue that builds up counts. Attainment = queries answered 200 within their class's SLO /
 queries sent (refusals and errors count as misses). Accuracy delivered = mean profiled
 accuracy of the variants that answered. CPU-s per 1,000 queries = CPU time of the server
-process and its workers during the step / queries sent x 1000. Finally the same steps run
-in `sloserve simulate` (the same policies, simulated replicas from the same profiles) at
-1x and 100x the rate, and the 1x attainment is compared with the measured one.
+process and its workers during the step / queries sent x 1000; the server process's own
+share per query is the front end's cost. Finally the same steps run in `sloserve simulate`
+(the same policies, simulated replicas from the same profiles, the front end costing what
+was measured) at 1x and 100x the rate, and the 1x attainment is compared with the measured one.
+
+The load generator runs on the same machine as the server: on a 2-core box its CPU competes
+with the front end's, which is part of what the table shows.
 """
 
 from __future__ import annotations
@@ -461,18 +472,19 @@ def simulate_compare(
 ) -> None:
     """The same steps in the simulator, at 1x and 100x the rate, against the measured model-less attainment.
 
-    The simulated front end costs what the server's own process spent per query at the lowest
-    step (CPU, measured); at 100x there are 100 front ends and 100x the CPUs."""
+    The simulated front end costs what the server's own process spent per query in that step
+    (CPU, measured: it falls as load rises and syscalls and wake-ups are shared); at 100x there
+    are 100 front ends and 100x the CPUs."""
     modelless = sorted((s, r) for label, s, r in out if label == "modelless")
     if not modelless:
         return
-    frontend_ms = modelless[0][1]["frontend_ms"]
-    table = Table(title=f"{name}: simulator vs measurement (model-less; front end {frontend_ms:.3f} ms CPU/query)")
-    for col in ("load", "measured", "simulated 1x", "simulated 1x, free front end", "simulated 100x"):
+    table = Table(title=f"{name}: simulator vs measurement (model-less)")
+    for col in ("load", "front end ms/query", "measured", "simulated 1x", "sim 1x, free front end", "sim 100x"):
         table.add_column(col, justify="right")
     env = {**os.environ, "SLOSERVE_HOME": str(home)}
     slo_flags = [f"--slo={c.name}:{c.latency_ms}:{c.min_accuracy}:0.5" for c in classes]
     for step, measured in modelless:
+        frontend_ms = measured["frontend_ms"]
         sims = []
         for scale, front in ((1, frontend_ms), (1, 0.0), (100, frontend_ms)):
             cmd = [
@@ -505,7 +517,7 @@ def simulate_compare(
                 continue
             report = json.loads(done.stdout)
             sims.append(f"{report['attainment']:.2%}")
-        table.add_row(f"{step:.0%}", f"{measured['attainment']:.2%}", *sims)
+        table.add_row(f"{step:.0%}", f"{frontend_ms:.3f}", f"{measured['attainment']:.2%}", *sims)
     console.print(table)
 
 
