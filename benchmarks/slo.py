@@ -307,7 +307,7 @@ def _maxbatch_config(repo: Path, name: str) -> Any:
     )
 
 
-def classes_for(records: list[Any], idle_p99_ms: float) -> list[SloClass]:
+def classes_for(records: list[Any], idle_p99_ms: float, tight_ms: float | None = None) -> list[SloClass]:
     """Tight: 4x the idle end-to-end p99 over HTTP (never under 3 ms or 6x the fastest variant's profiled p50);
     loose: 5x that. Accuracy floors from the profiles: the tight class takes the median variant's accuracy
     (at most fp32's - 0.02), the loose one fp32's - 0.01."""
@@ -315,7 +315,7 @@ def classes_for(records: list[Any], idle_p99_ms: float) -> list[SloClass]:
     accuracies = sorted(r.profile.accuracy for r in records if r.profile.accuracy is not None)
     reference = next(r.profile.accuracy for r in records if r.id == "fp32")
     median = accuracies[len(accuracies) // 2]
-    tight = round(max(3.0, 4 * idle_p99_ms, 6 * fastest), 1)
+    tight = tight_ms if tight_ms is not None else round(max(3.0, 4 * idle_p99_ms, 6 * fastest), 1)
     return [
         SloClass("tight", tight, round(min(median, reference - 0.02), 4)),
         SloClass("loose", round(5 * tight, 1), round(reference - 0.01, 4)),
@@ -332,7 +332,7 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
     rows = [row.tolist() for row in x[:32]]
     fp32_path = f"/v2/models/{name}/versions/fp32/infer"
     _, idle_p50, idle_p99 = generate(kind="closed", port=port, path=fp32_path, row=rows[0], seconds=2, connections=1)
-    classes = classes_for(records, idle_p99)
+    classes = classes_for(records, idle_p99, args.tight_ms)
     console.print(
         f"[bold]{name}[/]: idle end-to-end over HTTP (fp32, one connection) p50 {idle_p50:.2f} ms, p99 "
         f"{idle_p99:.2f} ms; classes "
@@ -530,6 +530,9 @@ def main() -> None:
         "--warmup-seconds", type=float, default=1.0, help="load at the step's rate before each measurement, not counted"
     )
     parser.add_argument("--profile-seconds", type=float, default=0.2)
+    parser.add_argument(
+        "--tight-ms", type=float, default=None, help="the tight class's SLO (default: from the idle latency measured)"
+    )
     parser.add_argument(
         "--configs", type=lambda s: set(s.split(",")), default=None, help="e.g. modelless,fixed:fp32,maxbatch"
     )
