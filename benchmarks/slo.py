@@ -167,14 +167,14 @@ async def _closed_loop(
     return len(latencies) / (time.perf_counter() - started), float(p50), float(p99)
 
 
-def _generator_main(raw: str) -> None:
+def _generator_main(raw: str, out_path: str) -> None:
     import uvloop
 
     uvloop.install()
     args = json.loads(raw)
     if args["kind"] == "closed":
         closed = _closed_loop(args["port"], args["path"], args["row"], args["seconds"], args["connections"])
-        print(json.dumps(asyncio.run(closed)))
+        result: Any = asyncio.run(closed)
     else:
         results, errors = asyncio.run(
             _open_loop(
@@ -186,16 +186,20 @@ def _generator_main(raw: str) -> None:
                 args["seconds"],
                 args["send_slo"],
                 args["seed"],
+                args["connections"],
             )
         )
-        print(json.dumps({"results": results, "errors": errors}))
+        result = {"results": results, "errors": errors}
+    # a file, not stdout: the event loop may leave stdout non-blocking, and a large write would be cut short
+    Path(out_path).write_text(json.dumps(result))
 
 
 def generate(**kwargs: Any) -> Any:
-    out = subprocess.run(
-        [sys.executable, str(HERE), "_gen", json.dumps(kwargs)], capture_output=True, text=True, check=True
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """Run the load generator in its own process (it must not share the benchmark's CPU time slices)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        subprocess.run([sys.executable, str(HERE), "_gen", json.dumps(kwargs), str(out)], check=True)
+        return json.loads(out.read_text())
 
 
 # ---- the server and its CPU time ---------------------------------------------------------------
@@ -354,6 +358,7 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
                     port=port,
                     path=path,
                     rows=rows,
+                    connections=args.connections,
                     rate=step * capacity,
                     send_slo=send_slo,
                     classes=[c.__dict__ for c in classes],
@@ -531,6 +536,12 @@ def main() -> None:
     )
     parser.add_argument("--profile-seconds", type=float, default=0.2)
     parser.add_argument(
+        "--connections",
+        type=int,
+        default=256,
+        help="open-loop connections (a query waits for a free one, so too few hide overload from the server)",
+    )
+    parser.add_argument(
         "--tight-ms", type=float, default=None, help="the tight class's SLO (default: from the idle latency measured)"
     )
     parser.add_argument(
@@ -551,6 +562,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_gen":
-        _generator_main(sys.argv[2])
+        _generator_main(sys.argv[2], sys.argv[3])
     else:
         main()

@@ -17,6 +17,17 @@ from sloserve.types import ReplicaId
 Arrays = Mapping[str, np.ndarray[Any, Any]]
 
 
+class ReplicaOutputs(dict[str, np.ndarray[Any, Any]]):
+    """A batch's outputs as a replica may return them, with when the replica finished the batch.
+
+    ``done_at`` is on the server's clock (monotonic seconds). A saturated event loop can take
+    milliseconds to pick an answer up; that wait is the front end's, not the replica's, and
+    must not make the replica look slow (service-time corrections, AIMD). None: not known.
+    """
+
+    done_at: float | None = None
+
+
 class Replica(Protocol):
     @property
     def id(self) -> ReplicaId: ...

@@ -93,6 +93,7 @@ class RunReply(NamedTuple):
     outputs: tuple[TensorRef, ...]
     inline: tuple[Array, ...]  # the outputs whose ref has offset INLINE, in order
     error: tuple[str, str] | None  # (code, message), see SloserveError.to_wire
+    done_at: float = 0.0  # time.monotonic() in the worker as it sends the reply (one clock for all processes)
 
 
 class Ready(NamedTuple):
@@ -145,7 +146,7 @@ def encode(msg: Message) -> bytes:
         inputs = tuple(tuple(r) for r in msg.inputs)
         wire = (_RUN, msg.seq, msg.slot, msg.segment, inputs, msg.output_offset, msg.output_names)
     elif isinstance(msg, RunReply):
-        wire = (_REPLY, msg.seq, tuple(tuple(r) for r in msg.outputs), msg.inline, msg.error)
+        wire = (_REPLY, msg.seq, tuple(tuple(r) for r in msg.outputs), msg.inline, msg.error, msg.done_at)
     elif isinstance(msg, Ready):
         wire = (_READY, _specs_to_wire(msg.inputs), _specs_to_wire(msg.outputs))
     elif isinstance(msg, LoadFailed):
@@ -169,8 +170,8 @@ def decode(data: bytes) -> Message:
             refs = tuple(TensorRef._make(r) for r in inputs)
             return RunRequest(seq, slot, segment, refs, output_offset, tuple(output_names))
         if tag == _REPLY:
-            _, seq, outputs, inline, error = wire
-            return RunReply(seq, tuple(TensorRef._make(r) for r in outputs), tuple(inline), error)
+            _, seq, outputs, inline, error, done_at = wire
+            return RunReply(seq, tuple(TensorRef._make(r) for r in outputs), tuple(inline), error, float(done_at))
         if tag == _READY:
             return Ready(_specs_from_wire(wire[1]), _specs_from_wire(wire[2]))
         if tag == _LOAD_FAILED:

@@ -71,6 +71,7 @@ def main(conn: Connection, model_path: str, intra_op_threads: int, faults: Fault
 def _serve(conn: Connection, session: OnnxSession, faults: FaultSpec | None = None) -> None:
     """Answer run requests in order until told to stop or the parent goes away."""
     import select
+    import time
     from collections import deque
 
     from sloserve.cluster import shm
@@ -131,7 +132,8 @@ def _serve(conn: Connection, session: OnnxSession, faults: FaultSpec | None = No
             request = queue.popleft()
             if injector is not None:
                 injector.before_batch()
-            conn.send_bytes(shm.encode(run(request)))
+            reply = run(request)
+            conn.send_bytes(shm.encode(reply._replace(done_at=time.monotonic())))
     except (EOFError, OSError):
         return  # the parent is gone
     finally:

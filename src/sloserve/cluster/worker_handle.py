@@ -38,7 +38,7 @@ from sloserve.errors import (
     UnavailableError,
     error_from_code,
 )
-from sloserve.replica import Arrays
+from sloserve.replica import Arrays, ReplicaOutputs
 from sloserve.types import ReplicaId
 
 log = logging.getLogger(__name__)
@@ -313,7 +313,9 @@ class WorkerHandle:
             self._out_row_bytes = max(self._out_row_bytes, -(-nbytes // call.rows))
         segment = self._slots.segment(call.slot)
         # Copies: the slot is reused by the next batch.
-        return shm.read(segment.buf, msg.outputs, copy=True, inline=msg.inline)
+        outputs = ReplicaOutputs(shm.read(segment.buf, msg.outputs, copy=True, inline=msg.inline))
+        outputs.done_at = msg.done_at or None
+        return outputs
 
     # ------------------------------------------------------------ teardown
 

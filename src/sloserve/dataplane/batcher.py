@@ -53,11 +53,11 @@ from sloserve.policy.batching import (
     AimdConfig,
     LatencyModel,
     aimd_update,
-    batch_size_for,
+    batch_take,
     batch_too_slow,
     expired,
 )
-from sloserve.replica import Arrays, Replica
+from sloserve.replica import Arrays, Replica, ReplicaOutputs
 from sloserve.types import ReplicaId
 
 Outputs = dict[str, np.ndarray[Any, Any]]
@@ -106,9 +106,17 @@ class _Queue:
         return self.heap[0][2]
 
     def pop(self) -> _Waiting:
-        waiting = heapq.heappop(self.heap)[2]
-        self.rows -= waiting.rows
-        return waiting
+        return self.pop_entry()[2]
+
+    def pop_entry(self) -> tuple[float, int, _Waiting]:
+        entry = heapq.heappop(self.heap)
+        self.rows -= entry[2].rows
+        return entry
+
+    def put_back(self, entry: tuple[float, int, _Waiting]) -> None:
+        """Return a popped request to its place (same key, same arrival number)."""
+        heapq.heappush(self.heap, entry)
+        self.rows += entry[2].rows
 
     def oldest_s(self) -> float:
         return min(w.enqueued_s for _, _, w in self.heap)
@@ -117,10 +125,13 @@ class _Queue:
 BatchObserver = Callable[[int, float], None]
 """Called with (rows, service seconds) for every batch that ran successfully.
 
-Service time is dispatch to answer, less the time the batch spent queued in the
-replica behind the one before it (a replica runs its batches in order, up to
-``capacity`` in flight): what the batch itself took, which is what the latency
-model predicts. Waiting behind other batches is the queue estimate's part."""
+Service time is dispatch to the replica's finishing the batch (its
+:attr:`~sloserve.replica.ReplicaOutputs.done_at` when it says, else the answer's
+arrival), less the time the batch spent queued in the replica behind the one
+before it (a replica runs its batches in order, up to ``capacity`` in flight):
+what the batch itself took, which is what the latency model predicts. Waiting
+behind other batches is the queue estimate's part; waiting for a busy event loop
+to read the answer is the front end's."""
 
 
 class DynamicBatcher:
@@ -187,8 +198,8 @@ class DynamicBatcher:
     def _dispatch_now(self, deadline_s: float | None) -> bool:
         """Fast path at low load: with no batching window and a free slot, start the batch here and spare
         the loop a wake-up (one event-loop hop, tens of µs, on every lightly loaded request)."""
-        windowed = self._spec.max_queue_delay_s > 0 or (deadline_s is not None and self._spec.slo_window_fraction > 0)
-        if windowed or self._loop_task is None or len(self._queue.heap) != 1:
+        slo_window = deadline_s is not None and self._spec.slo_window_fraction > 0 and not self._running
+        if self._spec.max_queue_delay_s > 0 or slo_window or self._loop_task is None or len(self._queue.heap) != 1:
             return False
         replica = self._replicas.try_acquire()
         if replica is None:
@@ -229,10 +240,6 @@ class DynamicBatcher:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    def _slack_ms(self, now: float) -> float | None:
-        deadline = self._queue.head().deadline_s
-        return None if deadline is None else (deadline - now) * 1e3
-
     async def _wait_window(self) -> None:
         """Give later requests time to join (``max_queue_delay_s``, or the head's share of its SLO), never past
         the head's last moment."""
@@ -256,38 +263,41 @@ class DynamicBatcher:
             await wait_event(self._arrival, self._clock, until - now)
 
     def _take(self) -> list[_Waiting]:
-        """The next batch in deadline order; requests that can no longer make it are failed here."""
+        """The next batch in deadline order (:func:`batch_take` decides how much of it); requests that can no
+        longer make their deadline are failed here."""
         now = self._clock.now()
-        batch: list[_Waiting] = []
-        rows = 0
-        size = 0
         queue = self._queue
-        while queue.heap:
-            head = queue.head()
-            if head.future.done():  # the caller gave up (cancelled) while waiting
-                queue.pop()
+        entries: list[tuple[float, int, _Waiting]] = []
+        rows = 0
+        while queue.heap and (not entries or rows < self.limit):
+            entry = queue.pop_entry()
+            waiting = entry[2]
+            if waiting.future.done():  # the caller gave up (cancelled) while waiting
                 continue
-            if head.deadline_s is not None and expired(now * 1e3, head.deadline_s * 1e3, head.rows, self.model):
-                queue.pop()
+            if waiting.deadline_s is not None and expired(
+                now * 1e3, waiting.deadline_s * 1e3, waiting.rows, self.model
+            ):
                 self.expired += 1
                 _fail(
-                    [head],
+                    [waiting],
                     DeadlineExceededError(
                         f"dropped before compute: the request could no longer finish within its latency SLO "
-                        f"(waited {(now - head.enqueued_s) * 1e3:.1f} ms; a batch takes "
-                        f"~{self.model.predict_ms(head.rows):.2f} ms)"
+                        f"(waited {(now - waiting.enqueued_s) * 1e3:.1f} ms; a batch takes "
+                        f"~{self.model.predict_ms(waiting.rows):.2f} ms)"
                     ),
                 )
                 continue
-            if not batch:
-                if self._spec.max_batch_size == 0:
-                    return [queue.pop()]
-                size = batch_size_for(self.limit, queue.rows, self._slack_ms(now), self.model)
-            elif rows + head.rows > size:
+            entries.append(entry)
+            rows += waiting.rows
+            if self._spec.max_batch_size == 0:
                 break
-            batch.append(queue.pop())
-            rows += head.rows
-        return batch
+        if len(entries) > 1:
+            deadlines = [key * 1e3 for key, _, _ in entries]
+            take = batch_take(deadlines, [e[2].rows for e in entries], now * 1e3, self.limit, self.model)
+            for entry in entries[take:]:
+                queue.put_back(entry)
+            entries = entries[:take]
+        return [entry[2] for entry in entries]
 
     async def _run(self, batch: list[_Waiting], replica: Replica) -> None:
         started = self._clock.now()
@@ -306,8 +316,12 @@ class DynamicBatcher:
             self.running_ms = max(0.0, self.running_ms - predicted_ms)
         finished = self._clock.now()
         compute_s = finished - started
-        service_s = finished - max(started, self._finished.get(replica.id, started))
-        self._finished[replica.id] = finished
+        # The replica's own time: from when it could start this batch (after the one ahead of it there)
+        # to when it finished, if it says (not when the event loop got round to the answer).
+        done = outputs.done_at if isinstance(outputs, ReplicaOutputs) else None
+        end = finished if done is None else min(finished, max(started, done))
+        service_s = end - max(started, self._finished.get(replica.id, started))
+        self._finished[replica.id] = end
         budgets = [w.deadline_s - w.enqueued_s for w in batch if w.deadline_s is not None]
         too_slow = batch_too_slow(service_s * 1e3, min(budgets) * 1e3 if budgets else None)
         self.limit = aimd_update(self.limit, too_slow, self._aimd)

@@ -5,13 +5,17 @@ ran fast enough, multiplicative decrease after one that was too slow
 (``batch_too_slow``: its own service time took longer than the tightest latency
 SLO in it, Clipper's signal). A batch whose requests were late because
 they *waited* is not the batch size's fault: shrinking batches then only lowers
-throughput and lengthens the queue, a spiral this rule avoids. The size actually
-taken, ``batch_size_for``, is the largest batch not above the limit whose
-predicted latency still fits the tightest deadline in the queue.
+throughput and lengthens the queue, a spiral this rule avoids. The batch actually
+taken, ``batch_take``, is the prefix of the deadline-ordered queue (at most the
+limit) that loses the fewest deadlines over this batch and the next, the longer
+on ties: the largest batch that fits the tightest deadline waiting, unless that
+would cost the requests behind it more deadlines than it saves.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -45,17 +49,32 @@ def aimd_update(limit: int, missed_deadline: bool, config: AimdConfig) -> int:
     return min(config.max_batch, limit + config.increase)
 
 
-def batch_size_for(limit: int, queued_rows: int, slack_ms: float | None, model: LatencyModel) -> int:
-    """Rows to take now: at most ``limit`` and what is queued, and small enough to finish within ``slack_ms``.
+def batch_take(
+    deadlines_ms: Sequence[float], rows: Sequence[int], now_ms: float, limit: int, model: LatencyModel
+) -> int:
+    """How many of the waiting requests to take now, given in deadline order (inf: no deadline).
 
-    ``slack_ms`` is the time left until the tightest deadline waiting (None: no deadline). At least one
-    row is always taken: whether that row can still make it is :func:`expired`'s question.
+    Each split is judged over two batches: the first ``n`` requests now (at most ``limit``
+    rows; the first request always), the rest right after. The split that loses the fewest
+    deadlines wins, the longer first batch on ties. So the batch is the longest that fits the
+    tightest deadline when the others can wait for the next one, but a head that would make
+    its deadline only in a batch too small for the requests behind it is not favoured over
+    all of them.
     """
-    rows = max(1, min(limit, queued_rows))
-    if slack_ms is None or model.per_row_ms <= 0:
-        return rows
-    fits = int((slack_ms - model.intercept_ms) / model.per_row_ms)
-    return max(1, min(rows, fits))
+    total_rows = sum(rows)
+    best_n, best_lost, taken = 1, len(deadlines_ms) + 1, 0
+    for n in range(1, len(deadlines_ms) + 1):
+        taken += rows[n - 1]
+        if taken > limit and n > 1:
+            break
+        first_ms = now_ms + model.predict_ms(taken)
+        lost = bisect_left(deadlines_ms, first_ms, 0, n)
+        if n < len(deadlines_ms):
+            second_ms = first_ms + model.predict_ms(total_rows - taken)
+            lost += bisect_left(deadlines_ms, second_ms, n) - n
+        if lost <= best_lost:
+            best_n, best_lost = n, lost
+    return best_n
 
 
 def expired(now_ms: float, deadline_ms: float | None, rows: int, model: LatencyModel) -> bool:

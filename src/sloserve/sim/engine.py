@@ -15,8 +15,8 @@ one queue. Under the model-less policy (the default):
   when the class asks for it.
 - **batching**: the queue is earliest-deadline-first (FIFO between equal deadlines);
   a free replica drops expired heads (:func:`~sloserve.policy.batching.expired`, a
-  deadline drop) and takes :func:`~sloserve.policy.batching.batch_size_for` rows with
-  the head's slack, under an AIMD limit updated by
+  deadline drop) and takes the prefix :func:`~sloserve.policy.batching.batch_take`
+  chooses (the most requests predicted in time), under an AIMD limit updated by
   :func:`~sloserve.policy.batching.aimd_update` after every batch (decrease when
   :func:`~sloserve.policy.batching.batch_too_slow`: its service took longer than
   the tightest SLO in it). When none of the variant's replicas is busy, a head with
@@ -63,7 +63,7 @@ import numpy as np
 
 from sloserve.errors import InvalidArgumentError
 from sloserve.policy.autoscale import ScaleDecision
-from sloserve.policy.batching import LatencyModel, aimd_update, batch_size_for, batch_too_slow, expired
+from sloserve.policy.batching import LatencyModel, aimd_update, batch_take, batch_too_slow, expired
 from sloserve.policy.selection import Choice
 from sloserve.sim.config import SimConfig
 from sloserve.sim.family import Family
@@ -358,15 +358,27 @@ class Simulator:
                         p.timer_at = due
                         self._push(due, _TIMER, p, None)
                     break
-            size = batch_size_for(p.limit, p.queued_rows, None if deadline == math.inf else deadline - t, live)
-            batch: list[int] = []
+            entries: list[tuple[float, int]] = []
             taken = 0
-            while q:
-                r = rows[q[0][1]]
-                if batch and taken + r > size:
-                    break
-                batch.append(heappop(q)[1])
-                taken += r
+            while q and (not entries or taken < p.limit):
+                entry = heappop(q)
+                r = entry[1]
+                if expired(t, entry[0], rows[r], live) and r not in self.best_effort:
+                    p.queued_rows -= rows[r]
+                    out[r] = DROPPED_DEADLINE
+                    p.drops += 1
+                    continue
+                entries.append(entry)
+                taken += rows[r]
+            if not entries:
+                break
+            if len(entries) > 1:
+                n = batch_take([d for d, _ in entries], [rows[r] for _, r in entries], t, p.limit, live)
+                for entry in entries[n:]:
+                    heappush(q, entry)
+                entries = entries[:n]
+                taken = sum([rows[r] for _, r in entries])
+            batch = [r for _, r in entries]
             # AIMD judges a batch by the tightest SLO it was promised (best-effort deadlines are no promise)
             deadlines, times, best = self.deadlines, self.times, self.best_effort
             budget = min([deadlines[r] - times[r] for r in batch if not best or r not in best], default=math.inf)

@@ -36,6 +36,7 @@ MESSAGES: list[shm.Message] = [
     shm.RunReply(7, (shm.TensorRef("Y", "<f4", (3, 4), 192, 48),), (), None),
     shm.RunReply(8, (shm.TensorRef("Y", "<i8", (2,), shm.INLINE, 16),), (np.arange(2),), None),
     shm.RunReply(9, (), (), ("invalid_argument", "input 'X' has dtype float64")),
+    shm.RunReply(10, (), (), None, 12345.678),
     shm.Ready((TensorSpec("X", "FP32", (-1, 8)),), (TensorSpec("Y", "FP32", (-1, 4)),)),
     shm.LoadFailed("invalid_argument", "not an ONNX model"),
     shm.Shutdown(),

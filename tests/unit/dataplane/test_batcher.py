@@ -351,3 +351,26 @@ async def test_a_request_with_an_slo_waits_a_share_of_it_for_others_to_join_its_
     assert len(replica.batches) == 2
     await plain
     await batcher.close()
+
+
+async def test_service_time_ends_when_the_replica_finished_not_when_the_loop_read_the_answer() -> None:
+    """A busy event loop reading an answer late is the front end's time, not the replica's."""
+    from sloserve.replica import ReplicaOutputs
+
+    clock = FakeClock()
+    replica = FakeReplica(capacity=1)
+    seen: list[tuple[int, float]] = []
+    spec = BatchingSpec(max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=100)
+    batcher = DynamicBatcher(spec, ReplicaSet([replica], ["y"], clock), clock, lambda n, s: seen.append((n, s)))
+    batcher.start()
+    future = batcher.submit(rows(1.0), 1)
+    await settle()
+    started = clock.now()
+    await clock.advance(0.005)  # the answer is read 5 ms after dispatch; the replica was done after 1 ms
+    answer = ReplicaOutputs(double(replica.batches[0]))
+    answer.done_at = started + 0.001
+    replica.complete(0, answer)
+    result = await future
+    assert seen == [(1, pytest.approx(0.001))]
+    assert result.compute_s == pytest.approx(0.005)  # the client's view is unchanged
+    await batcher.close()

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import math
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sloserve.policy.batching import AimdConfig, LatencyModel, aimd_update, batch_size_for, expired
+from sloserve.policy.batching import AimdConfig, LatencyModel, aimd_update, batch_take, expired
 
 MODEL = LatencyModel(intercept_ms=1.0, per_row_ms=0.5)
 
@@ -16,11 +18,21 @@ def test_aimd_increases_additively_and_decreases_multiplicatively() -> None:
     assert aimd_update(1, missed_deadline=True, config=config) == 1
 
 
-def test_batch_size_fits_the_tightest_deadline() -> None:
-    assert batch_size_for(64, 100, None, MODEL) == 64
-    assert batch_size_for(64, 10, None, MODEL) == 10
-    assert batch_size_for(64, 100, slack_ms=6.0, model=MODEL) == 10  # 1 + 0.5 * 10 = 6 ms
-    assert batch_size_for(64, 100, slack_ms=0.1, model=MODEL) == 1  # never zero: expiry is decided apart
+def test_the_batch_fits_the_tightest_deadline_when_that_serves_the_most() -> None:
+    inf = math.inf
+    assert batch_take([inf] * 100, [1] * 100, 0.0, 64, MODEL) == 64  # no deadlines: the limit
+    assert batch_take([inf] * 10, [1] * 10, 0.0, 64, MODEL) == 10
+    # the head can wait 6 ms (1 + 0.5 x 10 rows), the others a second: 10 rows keep everyone in time
+    assert batch_take([6.0] + [1000.0] * 99, [1] * 100, 0.0, 64, MODEL) == 10
+    # everyone's deadline is 6 ms: 10 make it in a batch of 10, none in any larger one
+    assert batch_take([6.0] * 20, [1] * 20, 0.0, 64, MODEL) == 10
+    # the head can make it alone (1.5 ms) and the 63 behind it still make theirs in the next batch
+    assert batch_take([1.6] + [40.0] * 63, [1] * 64, 0.0, 64, MODEL) == 1
+    # ... but not if they would then be late: the head is the one that misses
+    assert batch_take([1.6] + [33.6] * 63, [1] * 64, 0.0, 64, MODEL) == 64
+    assert batch_take([0.1], [1], 0.0, 64, MODEL) == 1  # never zero: expiry is decided apart
+    assert batch_take([inf, inf, inf], [30, 30, 30], 0.0, 64, MODEL) == 2  # rows, not requests
+    assert batch_take([inf, inf], [100, 1], 0.0, 64, MODEL) == 1  # a request bigger than the limit goes alone
 
 
 def test_a_request_that_cannot_make_it_even_alone_has_expired() -> None:
@@ -29,12 +41,27 @@ def test_a_request_that_cannot_make_it_even_alone_has_expired() -> None:
     assert not expired(now_ms=100.0, deadline_ms=None, rows=1, model=MODEL)
 
 
-@given(st.integers(1, 128), st.integers(0, 500), st.one_of(st.none(), st.floats(0, 100)))
-def test_batch_size_bounds(limit: int, queued: int, slack: float | None) -> None:
-    size = batch_size_for(limit, queued, slack, MODEL)
-    assert 1 <= size <= max(1, min(limit, queued))
-    if slack is not None and size > 1:
-        assert MODEL.predict_ms(size) <= slack + 1e-9
+@given(
+    st.lists(st.tuples(st.floats(0, 100), st.integers(1, 8)), min_size=1, max_size=40),
+    st.integers(1, 64),
+)
+def test_the_batch_taken_loses_the_fewest_deadlines_over_two_batches(
+    waiting: list[tuple[float, int]], limit: int
+) -> None:
+    waiting.sort()
+    deadlines, rows = [d for d, _ in waiting], [r for _, r in waiting]
+    n = batch_take(deadlines, rows, 0.0, limit, MODEL)
+    assert 1 <= n <= len(waiting)
+    assert n == 1 or sum(rows[:n]) <= limit
+
+    def lost(k: int) -> int:
+        first = MODEL.predict_ms(sum(rows[:k]))
+        second = first + MODEL.predict_ms(sum(rows[k:]))
+        return sum(d < first for d in deadlines[:k]) + sum(d < second for d in deadlines[k:] if k < len(rows))
+
+    splits = [k for k in range(1, len(waiting) + 1) if k == 1 or sum(rows[:k]) <= limit]
+    assert lost(n) == min(lost(k) for k in splits)
+    assert n == max(k for k in splits if lost(k) == lost(n))
 
 
 @given(st.lists(st.booleans(), max_size=50), st.integers(1, 64))
