@@ -376,6 +376,7 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
                 summary = summarize_step(results, classes, dict(accuracy), cpu)
                 summary["errors"] = measured["errors"]
                 summary["frontend_ms"] = front / max(summary["sent"], 1) * 1e3
+                summary["worker_cpu_s_per_1k"] = (cpu - front) / max(summary["sent"], 1) * 1e3
                 out.append((label, step, summary))
                 if args.verbose:
                     console.print(f"{label} at {step:.0%}: {summary}")
@@ -432,9 +433,9 @@ def _misses(results: list[list[Any]], classes: list[SloClass], accuracy: dict[st
 def print_table(name: str, out: list[tuple[str, float, dict[str, Any]]], classes: list[SloClass]) -> None:
     table = Table(
         title=f"{name}: SLO attainment (met / sent; a query meets its SLO when answered within its latency "
-        "by a variant at least as accurate as it asked)"
+        "by a variant at least as accurate as it asked); CPU-s per 1,000 queries, all / the workers' share"
     )
-    for col in ("load", "config", "sent", "attainment", "refused", "accuracy", "p99 ms", "CPU-s/1k"):
+    for col in ("load", "config", "sent", "attainment", "refused", "accuracy", "p99 ms", "CPU-s/1k", "workers"):
         table.add_column(col, justify="left" if col == "config" else "right")
     for label, step, r in out:
         table.add_row(
@@ -446,6 +447,7 @@ def print_table(name: str, out: list[tuple[str, float, dict[str, Any]]], classes
             f"{r['accuracy']:.4f}",
             f"{r['p99_ms']:.1f}",
             f"{r['cpu_s_per_1k']:.3f}",
+            f"{r['worker_cpu_s_per_1k']:.3f}",
         )
     console.print(table)
     summary = Table(title=f"{name}: per load step, configurations reaching ≥ 99% attainment")

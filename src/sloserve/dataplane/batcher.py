@@ -4,13 +4,9 @@ Requests wait in an earliest-deadline-first queue (requests without a deadline
 after those with one, first come first served). A single loop turns the queue
 into batches:
 
-* once a replica slot is free it dispatches what is waiting, holding the oldest
-  request at most ``max_queue_delay_s`` for others to join; when no batch is
-  running, a head with a latency SLO is held up to ``slo_window_fraction`` of its
-  SLO (or the configured delay, whichever is longer: a request that can wait lets
-  the next ones share its batch, which is most of what a query costs for a small
-  model; with a batch running, requests gather behind it anyway and holding would
-  only idle a replica), never later than a full batch could still make its deadline;
+* it is work-conserving: once a replica slot is free it dispatches what is
+  waiting, holding the oldest request at most ``max_queue_delay_s`` for others,
+  and never later than a full batch could still make the head's deadline;
 * the batch size adapts by AIMD (Clipper): the limit grows by a few rows after a
   batch that ran within the tightest latency SLO in it and halves after one that
   did not (lateness from waiting is the queue's, not the batch size's); the
@@ -69,8 +65,6 @@ class BatchingSpec:
     """Rows per batch; 0 means the model takes no batch dimension: one request per batch."""
     max_queue_delay_s: float
     max_queue_size: int
-    slo_window_fraction: float = 0.1
-    """How much of its latency SLO a request may spend waiting for others to join its batch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,15 +185,14 @@ class DynamicBatcher:
             )
         future: asyncio.Future[RowsResult] = asyncio.get_running_loop().create_future()
         self._queue.push(_Waiting(inputs, rows, self._clock.now(), deadline_s, future))
-        if not self._dispatch_now(deadline_s):
+        if not self._dispatch_now():
             self._arrival.set()
         return future
 
-    def _dispatch_now(self, deadline_s: float | None) -> bool:
+    def _dispatch_now(self) -> bool:
         """Fast path at low load: with no batching window and a free slot, start the batch here and spare
         the loop a wake-up (one event-loop hop, tens of µs, on every lightly loaded request)."""
-        slo_window = deadline_s is not None and self._spec.slo_window_fraction > 0 and not self._running
-        if self._spec.max_queue_delay_s > 0 or slo_window or self._loop_task is None or len(self._queue.heap) != 1:
+        if self._spec.max_queue_delay_s > 0 or self._loop_task is None or len(self._queue.heap) != 1:
             return False
         replica = self._replicas.try_acquire()
         if replica is None:
@@ -241,22 +234,16 @@ class DynamicBatcher:
         task.add_done_callback(self._running.discard)
 
     async def _wait_window(self) -> None:
-        """Give later requests time to join (``max_queue_delay_s``, or the head's share of its SLO), never past
-        the head's last moment."""
+        """Give later requests up to ``max_queue_delay_s`` to join, never past the head's last moment."""
         delay = self._spec.max_queue_delay_s
-        if self._spec.max_batch_size == 0:
+        if delay <= 0 or self._spec.max_batch_size == 0:
             return
         while self._queue.heap and self._queue.rows < self.limit and not self._closed:
             now = self._clock.now()
-            head = self._queue.head()
             until = self._queue.oldest_s() + delay
+            head = self._queue.head()
             if head.deadline_s is not None:
-                if not self._running:
-                    slo_s = head.deadline_s - head.enqueued_s
-                    until = max(until, head.enqueued_s + self._spec.slo_window_fraction * slo_s)
                 until = min(until, head.deadline_s - self.model.predict_ms(max(self._queue.rows, self.limit)) / 1e3)
-            elif delay <= 0:
-                return
             if until <= now:
                 return
             self._arrival.clear()

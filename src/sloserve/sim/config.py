@@ -69,8 +69,6 @@ class SimConfig:
     Off: select_variant over every variant for every arrival; the results are identical."""
     aimd_increase: int = 4
     aimd_decrease: float = 0.5
-    slo_window_fraction: float = 0.1
-    """Model-less: the share of its SLO a request waits for others to join its batch (the server's default)."""
     frontend_ms: float = 0.0
     """Front-end CPU per request (HTTP parsing, selection, encoding): each request waits its turn at one of
     ``frontend_workers`` FIFO front ends for this long before admission. 0: a front end that costs nothing."""

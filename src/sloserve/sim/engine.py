@@ -19,10 +19,7 @@ one queue. Under the model-less policy (the default):
   chooses (the most requests predicted in time), under an AIMD limit updated by
   :func:`~sloserve.policy.batching.aimd_update` after every batch (decrease when
   :func:`~sloserve.policy.batching.batch_too_slow`: its service took longer than
-  the tightest SLO in it). When none of the variant's replicas is busy, a head with
-  a latency SLO waits up to ``slo_window_fraction`` of it for others to join its
-  batch (never later than a full batch could still make its deadline), as the
-  server's batcher does.
+  the tightest SLO in it). Work-conserving: no batching wait.
 - **autoscaling**: every ``autoscale_interval_s``
   :func:`~sloserve.policy.autoscale.decide_scaling` gets a
   :class:`~sloserve.policy.autoscale.VariantLoad` per variant (rows per second routed
@@ -330,7 +327,6 @@ class Simulator:
         rows = self.rows
         out = self.out
         live = p.live
-        window = self.config.slo_window_fraction
         while p.free and q:
             deadline, rid = q[0]
             while expired(t, deadline, rows[rid], live) and rid not in self.best_effort:
@@ -343,21 +339,6 @@ class Simulator:
                 deadline, rid = q[0]
             if not q:
                 break
-            if (
-                window
-                and not p.busy
-                and deadline != math.inf
-                and p.queued_rows < p.limit
-                and rid not in self.best_effort
-            ):
-                # on idle replicas the head waits a share of its SLO for others to join its batch
-                admitted = self.times[rid]
-                due = min(admitted + window * (deadline - admitted), deadline - live.predict_ms(p.limit))
-                if t < due:
-                    if p.timer_at != due:
-                        p.timer_at = due
-                        self._push(due, _TIMER, p, None)
-                    break
             entries: list[tuple[float, int]] = []
             taken = 0
             while q and (not entries or taken < p.limit):
