@@ -211,19 +211,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int, children: bool = True) -> float:
-    """CPU time of a process and (unless told not to) its children (workers), from /proc."""
+def cpu_by_process(pid: int) -> dict[int, float]:
+    """CPU seconds of a process and of its children (the workers), by pid, from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    seconds: dict[int, float] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         proc_pid, ppid = int(stat.parent.name), int(fields[1])
-        if proc_pid == pid or (children and ppid == pid):
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+        if proc_pid == pid or ppid == pid:
+            seconds[proc_pid] = (int(fields[11]) + int(fields[12])) / tick
+    return seconds
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two readings by the processes alive at the second (a worker that stopped
+    in between takes its time with it; one that started counts from zero)."""
+    return sum(t - before.get(p, 0.0) for p, t in after.items())
 
 
 def start_server(repo: Path, home: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -366,10 +372,11 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
                 with console.status(f"{name} {label} at {step:.0%}"):
                     if args.warmup_seconds > 0:  # start what this configuration needs; not counted
                         generate(**load, seconds=args.warmup_seconds, seed=0)
-                    before, front_before = cpu_seconds(proc.pid), cpu_seconds(proc.pid, children=False)
+                    before = cpu_by_process(proc.pid)
                     measured = generate(**load, seconds=args.step_seconds, seed=int(step * 100))
-                    cpu = cpu_seconds(proc.pid) - before
-                    front = cpu_seconds(proc.pid, children=False) - front_before
+                    after = cpu_by_process(proc.pid)
+                    cpu = cpu_used(before, after)
+                    front = after[proc.pid] - before[proc.pid]
                 results = measured["results"]
                 if label == "maxbatch":  # its own model serving the fp32 artifact as version 1
                     results = [[c, s, ms, "fp32" if s == 200 else v] for c, s, ms, v in results]
