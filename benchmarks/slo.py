@@ -358,35 +358,43 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
         capacity, _, _ = generate(kind="closed", port=port, path=fp32_path, row=rows[0], seconds=3, connections=64)
         console.print(f"capacity (closed loop, 64 connections, fp32 pinned): {capacity:,.0f} req/s")
         for step in args.steps:
-            for label, path, send_slo in configs:
-                load = dict(
-                    kind="open",
-                    port=port,
-                    path=path,
-                    rows=rows,
-                    connections=args.connections,
-                    rate=step * capacity,
-                    send_slo=send_slo,
-                    classes=[c.__dict__ for c in classes],
-                )
-                with console.status(f"{name} {label} at {step:.0%}"):
-                    if args.warmup_seconds > 0:  # start what this configuration needs; not counted
-                        generate(**load, seconds=args.warmup_seconds, seed=0)
-                    before = cpu_by_process(proc.pid)
-                    measured = generate(**load, seconds=args.step_seconds, seed=int(step * 100))
-                    after = cpu_by_process(proc.pid)
-                    cpu = cpu_used(before, after)
-                    front = after[proc.pid] - before[proc.pid]
-                results = measured["results"]
-                if label == "maxbatch":  # its own model serving the fp32 artifact as version 1
-                    results = [[c, s, ms, "fp32" if s == 200 else v] for c, s, ms, v in results]
-                summary = summarize_step(results, classes, dict(accuracy), cpu)
-                summary["errors"] = measured["errors"]
-                summary["frontend_ms"] = front / max(summary["sent"], 1) * 1e3
-                summary["worker_cpu_s_per_1k"] = (cpu - front) / max(summary["sent"], 1) * 1e3
+            pooled: dict[str, dict[str, Any]] = {}
+            for rep in range(args.repeat):  # repeats interleave the configurations: drift hits all alike
+                for label, path, send_slo in configs:
+                    load = dict(
+                        kind="open",
+                        port=port,
+                        path=path,
+                        rows=rows,
+                        connections=args.connections,
+                        rate=step * capacity,
+                        send_slo=send_slo,
+                        classes=[c.__dict__ for c in classes],
+                    )
+                    with console.status(f"{name} {label} at {step:.0%} (run {rep + 1}/{args.repeat})"):
+                        if args.warmup_seconds > 0:  # start what this configuration needs; not counted
+                            generate(**load, seconds=args.warmup_seconds, seed=0)
+                        before = cpu_by_process(proc.pid)
+                        measured = generate(**load, seconds=args.step_seconds, seed=int(step * 100) + rep)
+                        after = cpu_by_process(proc.pid)
+                    results = measured["results"]
+                    if label == "maxbatch":  # its own model serving the fp32 artifact as version 1
+                        results = [[c, s, ms, "fp32" if s == 200 else v] for c, s, ms, v in results]
+                    run = summarize_step(results, classes, dict(accuracy), cpu_used(before, after))
+                    if args.verbose:
+                        console.print(f"{label} at {step:.0%}, run {rep + 1}: {run} {measured['errors']}")
+                    acc = pooled.setdefault(label, {"results": [], "cpu": 0.0, "front": 0.0, "runs": []})
+                    acc["results"] += results
+                    acc["cpu"] += cpu_used(before, after)
+                    acc["front"] += after[proc.pid] - before[proc.pid]
+                    acc["runs"].append(run["attainment"])
+            for label, _, _ in configs:
+                acc = pooled[label]
+                summary = summarize_step(acc["results"], classes, dict(accuracy), acc["cpu"])
+                summary["frontend_ms"] = acc["front"] / max(summary["sent"], 1) * 1e3
+                summary["worker_cpu_s_per_1k"] = (acc["cpu"] - acc["front"]) / max(summary["sent"], 1) * 1e3
+                summary["runs"] = acc["runs"]
                 out.append((label, step, summary))
-                if args.verbose:
-                    console.print(f"{label} at {step:.0%}: {summary}")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
@@ -442,7 +450,9 @@ def print_table(name: str, out: list[tuple[str, float, dict[str, Any]]], classes
         title=f"{name}: SLO attainment (met / sent; a query meets its SLO when answered within its latency "
         "by a variant at least as accurate as it asked); CPU-s per 1,000 queries, all / the workers' share"
     )
-    for col in ("load", "config", "sent", "attainment", "refused", "accuracy", "p99 ms", "CPU-s/1k", "workers"):
+    columns = ["load", "config", "sent", "attainment", "refused", "accuracy", "p99 ms", "CPU-s/1k", "workers"]
+    repeated = any(len(r["runs"]) > 1 for _, _, r in out)
+    for col in [*columns, "runs (min-max)"] if repeated else columns:
         table.add_column(col, justify="left" if col == "config" else "right")
     for label, step, r in out:
         table.add_row(
@@ -455,6 +465,7 @@ def print_table(name: str, out: list[tuple[str, float, dict[str, Any]]], classes
             f"{r['p99_ms']:.1f}",
             f"{r['cpu_s_per_1k']:.3f}",
             f"{r['worker_cpu_s_per_1k']:.3f}",
+            *([f"{min(r['runs']):.1%}-{max(r['runs']):.1%}"] if repeated else []),
         )
     console.print(table)
     summary = Table(title=f"{name}: per load step, configurations reaching ≥ 99% attainment")
@@ -540,6 +551,12 @@ def main() -> None:
     parser.add_argument("--models", default="digits,digits_wide")
     parser.add_argument("--steps", default="0.2,0.4,0.6,0.8,1.0,1.2", type=lambda s: [float(x) for x in s.split(",")])
     parser.add_argument("--step-seconds", type=float, default=4.0)
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per configuration and step, interleaved; the table pools them (near the knee one run is noisy)",
+    )
     parser.add_argument(
         "--warmup-seconds", type=float, default=1.0, help="load at the step's rate before each measurement, not counted"
     )
