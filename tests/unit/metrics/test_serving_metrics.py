@@ -23,3 +23,17 @@ def test_failures_and_rejections_are_counted_by_reason() -> None:
     text = m.exposition().decode()
     assert 'sloserve_request_failure_total{model="m",reason="unavailable"} 1.0' in text
     assert 'sloserve_request_failure_total{model="m",reason="resource_exhausted"} 1.0' in text
+
+
+def test_per_query_slo_counters_add_up_when_read() -> None:
+    m = ServingMetrics()
+    for _ in range(3):
+        m.variant_selected("m", "int8")
+    m.slo_outcome("m", "int8", True)
+    m.slo_outcome("m", "int8", False)
+    m.slo_outcome("m", "int8", True)
+    text = m.exposition().decode()
+    assert 'sloserve_variant_selections_total{model="m",variant="int8"} 3.0' in text
+    assert 'sloserve_slo_requests_total{met="true",model="m",variant="int8"} 2.0' in text
+    m.variant_selected("m", "int8")
+    assert 'sloserve_variant_selections_total{model="m",variant="int8"} 4.0' in m.exposition().decode()
