@@ -30,7 +30,7 @@ from sloserve.registry.repository import ModelRepository
 from sloserve.replica import Replica
 from sloserve.server.grpc.service import GrpcServer
 from sloserve.server.http.app import HttpApp
-from sloserve.server.http.serve import UvicornServer, bind
+from sloserve.server.http.serve import HttpServer, bind
 from sloserve.server.metrics_http import MetricsApp
 from sloserve.settings import Settings
 from sloserve.types import ReplicaId
@@ -88,8 +88,8 @@ class Server:
             interval_s=settings.autoscale_interval_s or 1.0,
             on_decision=lambda model, d: self.metrics.autoscale_decision(model, d.variant, d.action),
         )
-        self._http: UvicornServer | None = None
-        self._metrics_http: UvicornServer | None = None
+        self._http: HttpServer | None = None
+        self._metrics_http: HttpServer | None = None
         self._grpc: GrpcServer | None = None
 
     @property
@@ -105,8 +105,10 @@ class Server:
         await self.lifecycle.load_all()
         http_sock = bind(s.host, s.http_port)
         metrics_sock = bind(s.host, s.metrics_port)
-        self._http = UvicornServer(HttpApp(self.dataplane, s.max_body_bytes), http_sock, s.shutdown_grace_s)
-        self._metrics_http = UvicornServer(MetricsApp(self.metrics), metrics_sock, 1.0)
+        self._http = HttpServer(
+            HttpApp(self.dataplane), http_sock, max_body_bytes=s.max_body_bytes, grace_s=s.shutdown_grace_s
+        )
+        self._metrics_http = HttpServer(MetricsApp(self.metrics), metrics_sock, max_body_bytes=1 << 16, grace_s=1.0)
         self._grpc = GrpcServer(self.dataplane, s.host, s.grpc_port, s.max_body_bytes, s.shutdown_grace_s)
         await self._http.start()
         await self._grpc.start()

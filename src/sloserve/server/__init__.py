@@ -1,1 +1,1 @@
-"""Transports: HTTP (ASGI on uvicorn), gRPC (grpc.aio) and the metrics endpoint."""
+"""Transports: HTTP (a lean HTTP/1.1 server on httptools), gRPC (grpc.aio) and the metrics endpoint."""

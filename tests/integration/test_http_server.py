@@ -1,0 +1,228 @@
+"""The HTTP/1.1 server on a real socket: keep-alive, pipelining, bodies, limits, bad input, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+from collections.abc import AsyncIterator
+
+import httpx
+import orjson
+import pytest
+
+from sloserve.server.http.serve import MAX_HEAD_BYTES, HttpRequest, HttpResponse, HttpServer, bind
+
+pytestmark = pytest.mark.integration
+
+LIMIT = 1024
+
+
+class Echo:
+    """Answers with what it got; ``/slow`` waits until released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.started = 0
+
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        self.started += 1
+        self.entered.set()
+        if request.path == "/slow":
+            await self.release.wait()
+        if request.path == "/boom":
+            raise RuntimeError("a bug")
+        body = orjson.dumps({"method": request.method, "path": request.path, "body": request.body.decode()})
+        return HttpResponse(200, body, headers=((b"x-seen", str(self.started).encode()),))
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[tuple[HttpServer, Echo]]:
+    handler = Echo()
+    server = HttpServer(handler, bind("127.0.0.1", 0), max_body_bytes=LIMIT, grace_s=2.0, keepalive_s=0.4)
+    await server.start()
+    yield server, handler
+    handler.release.set()
+    await server.stop()
+
+
+async def exchange(port: int, raw: bytes, until_closed: bool = False) -> bytes:
+    """Send raw bytes; read until the peer closes (or briefly, if it keeps the connection)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    data = b""
+    try:
+        while True:
+            chunk = await asyncio.wait_for(reader.read(65536), 5.0 if until_closed else 0.3)
+            if not chunk:
+                break
+            data += chunk
+    except TimeoutError:
+        pass
+    writer.close()
+    return data
+
+
+def responses(data: bytes) -> list[tuple[int, bytes]]:
+    """(status, body) of each response in a byte stream."""
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = next(int(v) for k, _, v in (line.partition(b": ") for line in lines[1:]) if k == b"content-length")
+        out.append((int(lines[0].split()[1]), rest[:length]))
+        data = rest[length:]
+    return out
+
+
+async def test_keep_alive_and_a_real_client(echo: tuple[HttpServer, Echo]) -> None:
+    server, _ = echo
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+        for i in range(3):
+            response = await client.post("/v2/x?y=1", content=f"body {i}".encode())
+            assert response.status_code == 200
+            assert response.json() == {"method": "POST", "path": "/v2/x", "body": f"body {i}"}
+            assert response.headers["content-type"] == "application/json"
+        assert len(server._connections) == 1  # one connection, reused
+
+
+async def test_pipelined_requests_are_answered_in_order(echo: tuple[HttpServer, Echo]) -> None:
+    server, handler = echo
+    raw = b"".join(f"POST /slow{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n{i}".encode() for i in range(5))
+    handler.release.set()
+    got = responses(await exchange(server.port, raw))
+    assert [orjson.loads(body)["body"] for _, body in got] == ["0", "1", "2", "3", "4"]
+
+
+async def test_chunked_body_and_expect_continue(echo: tuple[HttpServer, Echo]) -> None:
+    server, _ = echo
+    chunked = b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    assert orjson.loads(responses(await exchange(server.port, chunked))[0][1])["body"] == "abcde"
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"ok")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        f"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: {LIMIT + 1}\r\n\r\n".encode() + b"x" * (LIMIT + 1),
+        b"POST /big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + (b"100\r\n" + b"x" * 256 + b"\r\n") * 5
+        + b"0\r\n\r\n",
+    ],
+    ids=["content-length", "chunked"],
+)
+async def test_bodies_over_the_limit_are_413_and_the_connection_goes_on(
+    echo: tuple[HttpServer, Echo], raw: bytes
+) -> None:
+    server, handler = echo
+    got = responses(await exchange(server.port, raw + b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n"))
+    assert got[0][0] == 413 and "limit" in orjson.loads(got[0][1])["error"]
+    assert got[1][0] == 200 and orjson.loads(got[1][1])["path"] == "/after"
+    assert handler.started == 1  # the big one never reached the handler
+
+
+async def test_expect_continue_over_the_limit_is_refused_before_the_body(echo: tuple[HttpServer, Echo]) -> None:
+    server, _ = echo
+    raw = f"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: {LIMIT * 10}\r\nExpect: 100-continue\r\n\r\n".encode()
+    got = await exchange(server.port, raw, until_closed=True)
+    assert responses(got)[0][0] == 413
+    assert b"connection: close" in got
+
+
+async def test_malformed_requests_get_400_then_close_and_the_server_keeps_serving(
+    echo: tuple[HttpServer, Echo],
+) -> None:
+    server, _ = echo
+    for junk in (b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nContent-Length: -3\r\n\r\n", b"\x16\x03\x01\x02\x00"):
+        got = await exchange(server.port, junk, until_closed=True)
+        status, body = responses(got)[0]
+        assert status == 400 and "malformed" in orjson.loads(body)["error"]
+    huge = b"GET / HTTP/1.1\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES + 1) + b"\r\n\r\n"
+    assert responses(await exchange(server.port, huge, until_closed=True))[0][0] == 431
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"http://127.0.0.1:{server.port}/fine")).status_code == 200
+
+
+async def test_a_handler_bug_is_a_500_and_the_connection_survives(echo: tuple[HttpServer, Echo]) -> None:
+    server, _ = echo
+    raw = b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\nGET /ok HTTP/1.1\r\nHost: x\r\n\r\n"
+    got = responses(await exchange(server.port, raw))
+    assert [status for status, _ in got] == [500, 200]
+    assert "server log" in orjson.loads(got[0][1])["error"]
+
+
+async def test_http10_closes_unless_asked_to_keep_alive_and_head_has_no_body(echo: tuple[HttpServer, Echo]) -> None:
+    server, _ = echo
+    closed = await exchange(server.port, b"GET /a HTTP/1.0\r\n\r\n", until_closed=True)
+    assert closed.startswith(b"HTTP/1.1 200") and b"connection: close" in closed
+    kept = await exchange(server.port, b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert b"connection: keep-alive" in kept
+    close_asked = await exchange(server.port, b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n", until_closed=True)
+    assert b"connection: close" in close_asked
+    head = await exchange(server.port, b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert head.endswith(b"\r\n\r\n") and b"content-length: " in head
+
+
+async def test_idle_and_half_sent_connections_are_closed(echo: tuple[HttpServer, Echo]) -> None:
+    server, _ = echo
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    await reader.readuntil(b"\r\n\r\n")
+    # keepalive_s is 0.4 s here: the server closes the idle connection by itself
+    rest = await asyncio.wait_for(reader.read(), 5.0)
+    assert b"path" in rest  # the body of the one response, then EOF
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\nX-Slow")  # and never the rest
+    assert await asyncio.wait_for(reader.read(), 5.0) == b""
+    assert not server._connections
+
+
+async def test_stop_answers_requests_in_flight_then_refuses_connections(echo: tuple[HttpServer, Echo]) -> None:
+    server, handler = echo
+    port = server.port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.wait_for(handler.entered.wait(), 5.0)
+    stopping = asyncio.create_task(server.stop())
+    await asyncio.sleep(0.1)
+    assert not stopping.done()  # waiting for the request in flight
+    handler.release.set()
+    answer = await asyncio.wait_for(reader.read(), 5.0)  # answered, then closed
+    assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer
+    await asyncio.wait_for(stopping, 5.0)
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_a_blocking_stdlib_client_in_a_thread(echo: tuple[HttpServer, Echo]) -> None:
+    """http.client writes headers and body separately: the parser must join them."""
+    server, _ = echo
+
+    def call() -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        connection.request("POST", "/s", body=b"x" * 600)
+        response = connection.getresponse()
+        out = (response.status, response.read())
+        connection.close()
+        return out
+
+    status, body = await asyncio.to_thread(call)
+    assert status == 200 and orjson.loads(body)["body"] == "x" * 600
+
+
+async def test_stop_gives_a_connection_just_opened_time_to_send_its_request(echo: tuple[HttpServer, Echo]) -> None:
+    server, _ = echo
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    await asyncio.sleep(0.05)  # accepted, nothing sent yet
+    stopping = asyncio.create_task(server.stop())
+    await asyncio.sleep(0.3)
+    writer.write(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 5.0)
+    assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer
+    await asyncio.wait_for(stopping, 5.0)
