@@ -8,6 +8,7 @@ plane; the lifecycle gets a factory that makes local worker replicas.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -150,6 +151,11 @@ async def serve(settings: Settings, repository: Path, on_ready: Callable[[Server
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
+        # Everything loaded so far lives as long as the server: take it out of the collector's view, or each
+        # full collection walks it all (31 ms measured at 4,800 req/s, longer than a tight SLO, which
+        # then backs up every query behind it; gc.freeze() is what Instagram's servers do).
+        gc.collect()
+        gc.freeze()
         if on_ready is not None:
             on_ready(server)
         await stop.wait()

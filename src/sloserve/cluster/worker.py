@@ -22,6 +22,7 @@ limits are in the environment.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from pathlib import Path
@@ -64,6 +65,8 @@ def main(conn: Connection, model_path: str, intra_op_threads: int, faults: Fault
         error = InternalError(f"loading {model_path} failed: {type(exc).__name__}: {exc}")
         conn.send_bytes(shm.encode(shm.LoadFailed(*error.to_wire())))
         return
+    gc.collect()
+    gc.freeze()  # the runtime and the model stay for the worker's life: no full collection walks them
     conn.send_bytes(shm.encode(shm.Ready(session.inputs, session.outputs)))
     _serve(conn, session, faults)
 

@@ -122,7 +122,10 @@ class VariantChooser:
 
     The variants are visited cheapest first, and the visit ends at the first cost that
     has a variant predicted to fit: on a server that is not overloaded one or two
-    predictions are made per query instead of one per variant. The answer is the one
+    predictions are made per query instead of one per variant, each as plain arithmetic
+    (:func:`_predict_ms`, the number :func:`candidate` would give, without building one: a
+    frozen dataclass costs a few µs, and on one event loop near its limit a few µs a
+    query decide whether the tight class makes its SLO). The answer is the one
     :func:`choose_variant` gives (property-tested); when nothing fits, it is asked, for
     its refusal or best-effort choice.
     """
@@ -130,7 +133,11 @@ class VariantChooser:
     def __init__(self, profiles: Mapping[VersionId, VariantProfile], max_batch: int) -> None:
         self._profiles = dict(profiles)
         self._max_batch = max_batch
-        self._by_cost = sorted(self._profiles.items(), key=lambda vp: (vp[1].cost_cpu_s_per_1k, vp[0]))
+        by_cost = sorted(self._profiles.items(), key=lambda vp: (vp[1].cost_cpu_s_per_1k, vp[0]))
+        self._by_cost = [
+            (v, p.cost_cpu_s_per_1k, p.accuracy, p.latency_intercept_ms, p.latency_per_row_ms, p.load_ms)
+            for v, p in by_cost
+        ]
 
     def choose(self, live: Mapping[VersionId, LiveState], slo: Slo, rows: int) -> tuple[Choice, VersionId | None]:
         """The choice, and the cheapest variant accurate enough that is not running but would fit once
@@ -140,21 +147,47 @@ class VariantChooser:
         best: tuple[bool, float, str] | None = None
         best_cost = math.inf
         idle_fit: tuple[float, VersionId] | None = None
-        for version, profile in self._by_cost:
-            cost = profile.cost_cpu_s_per_1k
+        for version, cost, accuracy, intercept, per_row, load_ms in self._by_cost:
             if cost > best_cost:
                 break
-            if minimum is not None and (profile.accuracy is None or profile.accuracy < minimum):
+            if minimum is not None and (accuracy is None or accuracy < minimum):
                 continue
             state = live.get(version)
-            predicted = candidate(version, profile, state, rows, self._max_batch).predict_ms(rows)
+            if state is None:
+                idle_ms = intercept + per_row * rows
+                predicted = idle_ms + load_ms
+            else:
+                predicted = _predict_ms(intercept, per_row, state, rows, self._max_batch)
             if predicted <= bound:
                 key = (state is None, predicted, version)
                 if best is None or key < best:
                     best, best_cost = key, cost
-            elif state is None and idle_fit is None and profile.predict_latency_ms(rows) <= bound:
+            elif state is None and idle_fit is None and idle_ms <= bound:
                 idle_fit = (cost, version)
         if best is None:
             return choose_variant(self._profiles, live, slo, rows, self._max_batch), None
         cheaper = idle_fit[1] if idle_fit is not None and idle_fit[0] < best_cost else None
         return Choice(best[2], best[1]), cheaper
+
+
+def _predict_ms(intercept: float, per_row: float, state: LiveState, rows: int, max_batch: int) -> float:
+    """``candidate(...).predict_ms(rows)`` for a running variant, in the same operations (so the same float)."""
+    correction = state.correction
+    queued = state.queued_rows
+    replicas = state.replica_count
+    limit = max(1, min(state.batch_limit, max_batch or 1))
+    if replicas <= 0:
+        queue_ms = math.inf
+    else:
+        batches_ahead = math.ceil(queued / limit)
+        if batches_ahead == 0 and min(state.busy, replicas) < replicas:
+            queue_ms = 0.0
+        else:
+            queued_ms = (
+                batches_ahead * (intercept * correction + per_row * correction * min(limit, queued))
+                if batches_ahead
+                else 0.0
+            )
+            queue_ms = (state.running_ms / 2 + queued_ms) / replicas
+    batch_rows = max(rows, min(limit, queued + rows))
+    return queue_ms + correction * (intercept + per_row * max(batch_rows, rows)) + 0.0
