@@ -236,6 +236,8 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self._loop.time()
+        if self._closing:  # answered with an error and closing: what follows is not read
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
