@@ -360,7 +360,10 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
         for step in args.steps:
             pooled: dict[str, dict[str, Any]] = {}
             for rep in range(args.repeat):  # repeats interleave the configurations: drift hits all alike
-                for label, path, send_slo in configs:
+                # and each repeat starts at a different configuration: none always runs first after a step
+                # change, or right after the same neighbour (whose variants the autoscaler then stops)
+                shift = (rep * len(configs)) // max(args.repeat, 1)
+                for label, path, send_slo in configs[shift:] + configs[:shift]:
                     load = dict(
                         kind="open",
                         port=port,

@@ -20,6 +20,7 @@ from sloserve.errors import InvalidArgumentError, ResourceExhaustedError
 from sloserve.policy.batching import LatencyModel
 from sloserve.policy.queueing import expected_batch_rows, queue_delay_ms
 from sloserve.policy.selection import (
+    COST_TOLERANCE,
     Candidate,
     Choice,
     Slo,
@@ -63,7 +64,12 @@ class LiveState(Protocol):
 
 
 def candidate(
-    version: VersionId, profile: VariantProfile, live: LiveState | None, rows: int, max_batch: int
+    version: VersionId,
+    profile: VariantProfile,
+    live: LiveState | None,
+    rows: int,
+    max_batch: int,
+    recent: VersionId | None = None,
 ) -> Candidate:
     model = LatencyModel(profile.latency_intercept_ms, profile.latency_per_row_ms)
     if live is None:
@@ -76,6 +82,7 @@ def candidate(
             loaded=False,
             load_ms=profile.load_ms,
             batch_rows=rows,
+            recent=version == recent,
         )
     corrected = LatencyModel(model.intercept_ms * live.correction, model.per_row_ms * live.correction)
     limit = max(1, min(live.batch_limit, max_batch or 1))
@@ -91,6 +98,7 @@ def candidate(
         ),
         batch_rows=expected_batch_rows(live.queued_rows, rows, limit),
         correction=live.correction,
+        recent=version == recent,
     )
 
 
@@ -100,9 +108,11 @@ def choose_variant(
     slo: Slo,
     rows: int,
     max_batch: int,
+    recent: VersionId | None = None,
 ) -> Choice:
-    """The variant to serve this query, or the error that refuses it."""
-    candidates = [candidate(v, p, live.get(v), rows, max_batch) for v, p in profiles.items()]
+    """The variant to serve this query, or the error that refuses it (``recent``: the variant that served the
+    model's previous query)."""
+    candidates = [candidate(v, p, live.get(v), rows, max_batch, recent) for v, p in profiles.items()]
     choice = select_variant(candidates, slo, rows)
     if isinstance(choice, Choice):
         return choice
@@ -138,17 +148,24 @@ class VariantChooser:
             (v, p.cost_cpu_s_per_1k, p.accuracy, p.latency_intercept_ms, p.latency_per_row_ms, p.load_ms)
             for v, p in by_cost
         ]
+        self.recent: VersionId | None = None
+        """The variant chosen for the previous query."""
 
     def choose(self, live: Mapping[VersionId, LiveState], slo: Slo, rows: int) -> tuple[Choice, VersionId | None]:
-        """The choice, and the cheapest variant accurate enough that is not running but would fit once
-        started (demand the autoscaler should see: the query went to a dearer variant), if any."""
+        """The choice, and the variant accurate enough, not running, that would cost the query less, beyond
+        the tolerance, once started and fit (demand the autoscaler should see), if any.
+
+        Costs are :meth:`Candidate.query_cost`; a variant's cost per row is a lower bound of it, so the
+        visit in that order ends once a variant's cost per row is above what the cheapest found allows.
+        The choice is remembered as the ``recent`` variant of the next query."""
         bound = math.inf if slo.latency_ms is None else slo.latency_ms
         minimum = slo.min_accuracy
-        best: tuple[bool, float, str] | None = None
-        best_cost = math.inf
+        recent = self.recent
+        cheapest = math.inf
+        fits: list[tuple[float, bool, bool, float, VersionId]] = []
         idle_fit: tuple[float, VersionId] | None = None
         for version, cost, accuracy, intercept, per_row, load_ms in self._by_cost:
-            if cost > best_cost:
+            if cost > cheapest * (1 + COST_TOLERANCE):
                 break
             if minimum is not None and (accuracy is None or accuracy < minimum):
                 continue
@@ -156,22 +173,29 @@ class VariantChooser:
             if state is None:
                 idle_ms = intercept + per_row * rows
                 predicted = idle_ms + load_ms
+                batch_rows = rows
             else:
-                predicted = _predict_ms(intercept, per_row, state, rows, self._max_batch)
+                predicted, batch_rows = _predict_ms(intercept, per_row, state, rows, self._max_batch)
+            query_cost = cost + intercept / max(batch_rows, rows, 1)
             if predicted <= bound:
-                key = (state is None, predicted, version)
-                if best is None or key < best:
-                    best, best_cost = key, cost
-            elif state is None and idle_fit is None and idle_ms <= bound:
-                idle_fit = (cost, version)
-        if best is None:
-            return choose_variant(self._profiles, live, slo, rows, self._max_batch), None
-        cheaper = idle_fit[1] if idle_fit is not None and idle_fit[0] < best_cost else None
-        return Choice(best[2], best[1]), cheaper
+                fits.append((query_cost, state is None, version != recent, predicted, version))
+                cheapest = min(cheapest, query_cost)
+            elif state is None and idle_ms <= bound and (idle_fit is None or (query_cost, version) < idle_fit):
+                idle_fit = (query_cost, version)
+        if not fits:
+            choice = choose_variant(self._profiles, live, slo, rows, self._max_batch, recent)
+            self.recent = VersionId(choice.variant)
+            return choice, None
+        ceiling = cheapest * (1 + COST_TOLERANCE)
+        _, _, predicted, version = min(f[1:] for f in fits if f[0] <= ceiling)  # loaded, recent, faster
+        self.recent = version
+        cheaper = idle_fit[1] if idle_fit is not None and idle_fit[0] * (1 + COST_TOLERANCE) < cheapest else None
+        return Choice(version, predicted), cheaper
 
 
-def _predict_ms(intercept: float, per_row: float, state: LiveState, rows: int, max_batch: int) -> float:
-    """``candidate(...).predict_ms(rows)`` for a running variant, in the same operations (so the same float)."""
+def _predict_ms(intercept: float, per_row: float, state: LiveState, rows: int, max_batch: int) -> tuple[float, int]:
+    """``candidate(...).predict_ms(rows)`` for a running variant, in the same operations (so the same float),
+    and the batch the query would join."""
     correction = state.correction
     queued = state.queued_rows
     replicas = state.replica_count
@@ -190,4 +214,4 @@ def _predict_ms(intercept: float, per_row: float, state: LiveState, rows: int, m
             )
             queue_ms = (state.running_ms / 2 + queued_ms) / replicas
     batch_rows = max(rows, min(limit, queued + rows))
-    return queue_ms + correction * (intercept + per_row * max(batch_rows, rows)) + 0.0
+    return queue_ms + correction * (intercept + per_row * max(batch_rows, rows)) + 0.0, batch_rows

@@ -7,10 +7,18 @@ enough, each gets a predicted completion time::
 
 where ``queue_ms`` is the wait before its batch starts, ``batch_rows`` the batch it
 would join, and ``correction`` the live ratio of observed to profiled latency. The
-choice is the cheapest (CPU-seconds per 1,000 rows) whose prediction fits; between
-equally cheap ones a loaded variant wins, then the faster. Under contention a busy
-variant's queue grows, its prediction stops fitting, and traffic spills to the next
-variant along the frontier instead of piling onto one.
+choice is the cheapest whose prediction fits, by what the query costs there
+(:meth:`Candidate.query_cost`): the variant's cost per row (CPU-seconds per 1,000
+rows at its best batch) plus the query's share of its batch's fixed cost (the
+latency intercept over the rows of the batch it would join). For a small model the
+fixed cost per batch is a hundred times the cost of a row, so a variant a few percent
+cheaper per row is no saving if the query runs there alone while another variant has
+a batch forming. Costs within :data:`COST_TOLERANCE` of the cheapest count as equal;
+among those a loaded variant wins, then the one that served the model's previous
+query (``recent``: traffic stays on one variant, in larger batches, instead of
+alternating between two), then the faster. Under contention a busy variant's
+queue grows, its prediction stops fitting, and traffic spills to the next variant
+along the frontier instead of piling onto one.
 """
 
 from __future__ import annotations
@@ -18,6 +26,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+COST_TOLERANCE = 0.1
+"""Query costs within this fraction of the cheapest count as equal (profiled costs are measurements, and a
+saving that small is no reason to split traffic or take a slower variant)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +55,13 @@ class Candidate:
     queue_ms: float = 0.0
     batch_rows: int = 1
     correction: float = 1.0
+    recent: bool = False
+    """This variant served the model's previous query."""
+
+    def query_cost(self, rows: int) -> float:
+        """CPU-seconds per 1,000 rows of serving the query here: the cost per row plus the row's share of its
+        batch's fixed cost (ms per row is the same unit)."""
+        return self.cost + self.intercept_ms / max(self.batch_rows, rows, 1)
 
     def predict_ms(self, rows: int) -> float:
         compute = self.correction * (self.intercept_ms + self.per_row_ms * max(self.batch_rows, rows))
@@ -88,7 +107,9 @@ def select_variant(candidates: Sequence[Candidate], slo: Slo, rows: int = 1) -> 
     bound = math.inf if slo.latency_ms is None else slo.latency_ms
     feasible = [(c, p) for c in eligible if (p := c.predict_ms(rows)) <= bound]
     if feasible:
-        best, predicted = min(feasible, key=lambda cp: (cp[0].cost, not cp[0].loaded, cp[1], cp[0].id))
+        ceiling = min(c.query_cost(rows) for c, _ in feasible) * (1 + COST_TOLERANCE)
+        near = [(c, p) for c, p in feasible if c.query_cost(rows) <= ceiling]
+        best, predicted = min(near, key=lambda cp: (not cp[0].loaded, not cp[0].recent, cp[1], cp[0].id))
         return Choice(best.id, predicted)
     if not eligible:
         reason = f"no variant reaches accuracy {slo.min_accuracy}"

@@ -19,9 +19,10 @@ results are identical (a test runs both ways):
   loaded, its current correction: a lower bound of any prediction, in floating point
   too) exceeds the class's latency bound is never feasible, and is left out until its
   correction moves;
-- **reuse**: between events, an admission only raises the predictions of the variant it
-  joined (its queue grows, or its last free replica gets busy). So a class's last
-  choice stays its choice unless it was that variant, and a refusal stays a refusal.
+- **reuse**: an admission raises the predictions of the variant it joined but lowers a
+  query's share of its batch there and makes it the model's recent variant, so every
+  class of that model chooses again; between events and admissions a class's last
+  choice stays its choice, and a refusal stays a refusal.
   Events (a batch done, a replica up or down, an autoscaler tick) or a cold start in
   progress may lower predictions, and invalidate every remembered result.
 """
@@ -67,6 +68,8 @@ class Selector:
         self.memo_of: dict[int, list[int]] = {p.index: [] for per_model in self.pools for p in per_model}
         """Per pool: the classes whose remembered choice it is."""
         self.refusals: dict[tuple[int, int], tuple[float, Choice | NoChoice]] = {}
+        self.recent: list[Pool | None] = [None] * n_models
+        """Per model, the pool that took its last request (the policy's ``recent`` variant)."""
 
     def start(self, now: float, cpus_free: int) -> None:
         for m, per_model in enumerate(self.pools):
@@ -94,7 +97,15 @@ class Selector:
         self.generation = [g + 1 for g in self.generation]
 
     def admitted(self, p: Pool) -> None:
-        """A request joined ``p``: the classes whose choice it was must choose again."""
+        """A request joined ``p``: every class of its model chooses again (``p``'s queue grew, so a query's
+        share of its batch got cheaper, and ``p`` is now the model's recent variant)."""
+        m = p.model
+        previous = self.recent[m]
+        if previous is not p:
+            self.recent[m] = p
+            if previous is not None:
+                self.touch(previous)
+        self.event(m)
         stale = self.memo_of[p.index]
         if stale:
             memo = self.memo[p.model]
@@ -182,6 +193,7 @@ class Selector:
             queue_ms,
             expected_batch_rows(p.queued_rows, rows, p.limit),
             p.correction,
+            self.recent[p.model] is p,
         )
 
     def candidates(self, m: int, rows: int, now: float, cpus_free: int) -> list[Candidate]:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sloserve.dataplane.selector import AdmissionRefused, LiveState, VariantChooser, choose_variant
+from sloserve.dataplane.selector import AdmissionRefused, LiveState, VariantChooser, candidate, choose_variant
 from sloserve.errors import InvalidArgumentError
-from sloserve.policy.selection import Choice, Slo
+from sloserve.policy.selection import COST_TOLERANCE, Choice, Slo
 from sloserve.types import VersionId
 from sloserve.variant import LatencyStats, VariantProfile
 
@@ -57,18 +58,30 @@ variants = st.dictionaries(
 )
 
 
-def old_cheaper_idle(
-    profiles: dict[VersionId, VariantProfile], live: dict[VersionId, LiveState], slo: Slo, chosen: str, rows: int
+def cheaper_idle(
+    profiles: dict[VersionId, VariantProfile],
+    live: dict[VersionId, LiveState],
+    slo: Slo,
+    rows: int,
+    recent: VersionId | None,
 ) -> VersionId | None:
-    """What the data plane computed before the chooser: the cheapest fitting accurate variant not running."""
-    cost = profiles[VersionId(chosen)].cost_cpu_s_per_1k
+    """By definition: of the accurate variants not running that would fit once started, the one costing the
+    query least (a batch of its own), if that is cheaper, beyond the tolerance, than any variant that fits now."""
+    candidates = {v: candidate(v, p, live.get(v), rows, 64, recent) for v, p in profiles.items()}
+    bound = math.inf if slo.latency_ms is None else slo.latency_ms
+    accurate = [
+        c
+        for c in candidates.values()
+        if slo.min_accuracy is None or (c.accuracy is not None and c.accuracy >= slo.min_accuracy)
+    ]
+    cheapest = min((c.query_cost(rows) for c in accurate if c.predict_ms(rows) <= bound), default=math.inf)
     cheaper = [
-        (p.cost_cpu_s_per_1k, v)
-        for v, p in profiles.items()
+        (c.query_cost(rows), v)
+        for v, c in candidates.items()
         if v not in live
-        and p.cost_cpu_s_per_1k < cost
-        and (slo.min_accuracy is None or (p.accuracy is not None and p.accuracy >= slo.min_accuracy))
-        and (slo.latency_ms is None or p.predict_latency_ms(rows) <= slo.latency_ms)
+        and c.query_cost(rows) * (1 + COST_TOLERANCE) < cheapest
+        and (slo.min_accuracy is None or (c.accuracy is not None and c.accuracy >= slo.min_accuracy))
+        and (slo.latency_ms is None or profiles[v].predict_latency_ms(rows) <= slo.latency_ms)
     ]
     return min(cheaper)[1] if cheaper else None
 
@@ -80,6 +93,7 @@ def old_cheaper_idle(
     st.one_of(st.none(), st.sampled_from([0.9, 0.95, 0.97, 0.99, 0.999])),
     st.booleans(),
     st.integers(1, 8),
+    st.one_of(st.none(), st.sampled_from(["fp32", "int8", "pruned", "distilled", "fp16"])),
 )
 def test_the_chooser_agrees_with_choose_variant(
     family: dict[str, tuple[float, float, float, float, float, Live | None]],
@@ -87,15 +101,18 @@ def test_the_chooser_agrees_with_choose_variant(
     accuracy: float | None,
     best_effort: bool,
     rows: int,
+    previous: str | None,
 ) -> None:
+    recent = VersionId(previous) if previous is not None else None
     profiles = {VersionId(v): profile(*spec[:5]) for v, spec in family.items()}
     live: dict[VersionId, LiveState] = {VersionId(v): spec[5] for v, spec in family.items() if spec[5] is not None}
     slo = Slo(latency, accuracy, best_effort)
     try:
-        expected: Choice | Exception = choose_variant(profiles, live, slo, rows, 64)
+        expected: Choice | Exception = choose_variant(profiles, live, slo, rows, 64, recent)
     except (AdmissionRefused, InvalidArgumentError) as error:
         expected = error
     chooser = VariantChooser(profiles, 64)
+    chooser.recent = recent
     if isinstance(expected, Exception):
         with pytest.raises(type(expected)) as raised:
             chooser.choose(live, slo, rows)
@@ -104,8 +121,9 @@ def test_the_chooser_agrees_with_choose_variant(
     got, cheaper = chooser.choose(live, slo, rows)
     assert got.variant == expected.variant
     assert got.predicted_ms == pytest.approx(expected.predicted_ms)
+    assert chooser.recent == got.variant  # the next query's recent variant
     feasible = expected.predicted_ms <= (latency if latency is not None else float("inf"))
     if feasible:
-        assert cheaper == old_cheaper_idle(profiles, live, slo, got.variant, rows)
+        assert cheaper == cheaper_idle(profiles, live, slo, rows, recent)
     else:
         assert cheaper is None  # best effort: no demand recorded

@@ -56,7 +56,10 @@ def test_json_report_from_a_family_file(family: Path, capsys: pytest.CaptureFixt
     assert isinstance(classes, list) and [c["name"] for c in classes] == ["fast", "good"]
     variants = raw["variants"]
     assert isinstance(variants, list)
-    assert [v["selected"] for v in variants] == [classes[0]["arrivals"], classes[1]["arrivals"]]
+    small, large = (v["selected"] for v in variants)
+    # "good" needs the large variant; a "fast" query goes to the small one, or joins a batch forming on the large
+    assert small + large == classes[0]["arrivals"] + classes[1]["arrivals"]
+    assert large >= classes[1]["arrivals"] and small > 0
     assert raw["attainment"] == 1.0
     again = simulate_json(
         capsys,
