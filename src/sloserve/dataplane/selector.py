@@ -130,14 +130,15 @@ def choose_variant(
 class VariantChooser:
     """:func:`choose_variant` for one model's variants, cheap enough for every query.
 
-    The variants are visited cheapest first, and the visit ends at the first cost that
-    has a variant predicted to fit: on a server that is not overloaded one or two
-    predictions are made per query instead of one per variant, each as plain arithmetic
+    The variants are visited by cost per row, a lower bound of a query's cost, and the
+    visit ends once that bound passes the tolerance above the cheapest fit found (for a
+    model whose batch fixed cost dominates, as both bundled ones, that is every variant;
+    where costs per row differ widely, one or two). Each prediction is plain arithmetic
     (:func:`_predict_ms`, the number :func:`candidate` would give, without building one: a
     frozen dataclass costs a few µs, and on one event loop near its limit a few µs a
-    query decide whether the tight class makes its SLO). The answer is the one
-    :func:`choose_variant` gives (property-tested); when nothing fits, it is asked, for
-    its refusal or best-effort choice.
+    query decide whether the tight class makes its SLO): ~4 µs a query for 8 variants.
+    The answer is the one :func:`choose_variant` gives (property-tested); when nothing
+    fits, it is asked, for its refusal or best-effort choice.
     """
 
     def __init__(self, profiles: Mapping[VersionId, VariantProfile], max_batch: int) -> None:
