@@ -34,14 +34,18 @@ class TensorSpec:
 class BatchingConfig:
     """Dynamic batching: merge requests up to ``max_batch_size`` rows.
 
-    ``max_queue_delay_us`` bounds how long the oldest request may wait for others
-    while a replica is free; 0 means dispatch at once (requests still merge while
-    every replica is busy). ``max_queue_size`` bounds waiting requests; past it,
-    requests are refused with RESOURCE_EXHAUSTED.
+    While a replica is free, a request without a latency deadline waits at most
+    ``max_queue_delay_us`` for others (0: dispatch at once), and a request with one
+    at most a fifth of its latency SLO, capped at ``max_slo_hold_us`` (0: at once;
+    :func:`sloserve.policy.batching.hold_ms`); never past the last moment a full
+    batch could still meet the earliest deadline waiting. Requests still merge
+    while every replica is busy. ``max_queue_size`` bounds waiting requests; past
+    it, requests are refused with RESOURCE_EXHAUSTED.
     """
 
     max_queue_delay_us: int = 0
     max_queue_size: int = 1024
+    max_slo_hold_us: int = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,10 +197,11 @@ def parse_model_config(raw: Any) -> ModelConfig:
             )
     batching_raw = raw.get("dynamic_batching", {})
     _expect(isinstance(batching_raw, dict), "dynamic_batching", "expected an object")
-    _known_keys(batching_raw, {"max_queue_delay_us", "max_queue_size"}, "dynamic_batching")
+    _known_keys(batching_raw, {"max_queue_delay_us", "max_queue_size", "max_slo_hold_us"}, "dynamic_batching")
     batching = BatchingConfig(
         max_queue_delay_us=_int(batching_raw, "max_queue_delay_us", "dynamic_batching.", 0, 0),
         max_queue_size=_int(batching_raw, "max_queue_size", "dynamic_batching.", 1024, 1),
+        max_slo_hold_us=_int(batching_raw, "max_slo_hold_us", "dynamic_batching.", 2000, 0),
     )
     return ModelConfig(
         name=validate_model_name(str(name)),

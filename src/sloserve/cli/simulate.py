@@ -105,6 +105,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="front-end CPU per request (parse, select, encode): requests queue for a front end first (default 0)",
     )
     g.add_argument("--frontend-workers", type=int, default=1, metavar="N", help="front-end processes (default 1)")
+    g.add_argument(
+        "--max-slo-hold-ms",
+        type=float,
+        default=2.0,
+        metavar="MS",
+        help="model-less: a request waits up to a fifth of its latency SLO, at most this, for its batch to grow "
+        "while a replica is free, as the server does with the model's max_slo_hold_us (default 2; 0: never)",
+    )
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -138,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         fixed_replicas=args.replicas,
         frontend_ms=args.frontend_ms,
         frontend_workers=args.frontend_workers,
+        max_slo_hold_ms=args.max_slo_hold_ms,
     )
     report = simulate(families, workload, config)
     if args.json:

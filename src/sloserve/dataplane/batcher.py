@@ -4,9 +4,15 @@ Requests wait in an earliest-deadline-first queue (requests without a deadline
 after those with one, first come first served). A single loop turns the queue
 into batches:
 
-* it is work-conserving: once a replica slot is free it dispatches what is
-  waiting, holding the oldest request at most ``max_queue_delay_s`` for others,
-  and never later than a full batch could still make the head's deadline;
+* once a replica slot is free it dispatches what is waiting, after holding it
+  for others to join up to the earliest *release* among the requests waiting: a
+  request with a deadline may wait :func:`~sloserve.policy.batching.hold_ms` of
+  its latency budget (at most ``max_slo_hold_s``, times :attr:`hold_scale`,
+  which AIMD shrinks when requests come near their deadlines, and less while
+  the event loop is busy: ``loop_busy``), one without a
+  deadline ``max_queue_delay_s``; never later than a full batch could still make
+  the head's deadline, and not at all once the batch is full (an arrival wakes
+  the loop only when it fills the batch or brings the release forward);
 * the batch size adapts by AIMD (Clipper): the limit grows by a few rows after a
   batch that ran within the tightest latency SLO in it and halves after one that
   did not (lateness from waiting is the queue's, not the batch size's); the
@@ -37,7 +43,7 @@ import numpy as np
 
 from sloserve.clock import Clock
 from sloserve.dataplane.replica_set import ReplicaSet
-from sloserve.dataplane.waiting import wait_event
+from sloserve.dataplane.waiting import Signal
 from sloserve.errors import (
     DeadlineExceededError,
     InternalError,
@@ -46,17 +52,26 @@ from sloserve.errors import (
     UnavailableError,
 )
 from sloserve.policy.batching import (
+    MIN_HOLD_MS,
     AimdConfig,
     LatencyModel,
     aimd_update,
     batch_take,
     batch_too_slow,
     expired,
+    hold_ms,
+    hold_scale_update,
+    loop_hold_scale,
+    near_miss,
 )
 from sloserve.replica import Arrays, Replica, ReplicaOutputs
 from sloserve.types import ReplicaId
 
 Outputs = dict[str, np.ndarray[Any, Any]]
+
+_TIMER_GRAIN_S = MIN_HOLD_MS / 1e3
+"""A hold with less left than this ends now: the event loop's timers have a resolution of a millisecond
+(uvloop's fire at once below half of it), and waiting on them would spin the loop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +79,10 @@ class BatchingSpec:
     max_batch_size: int
     """Rows per batch; 0 means the model takes no batch dimension: one request per batch."""
     max_queue_delay_s: float
+    """How long a request without a deadline may wait for others while a replica is free."""
     max_queue_size: int
+    max_slo_hold_s: float = 0.0
+    """The most a request with a deadline may wait for others (:func:`hold_ms` of its budget)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +98,8 @@ class _Waiting:
     rows: int
     enqueued_s: float
     deadline_s: float | None
+    release_s: float
+    """Until when it may wait for others to join its batch."""
     future: asyncio.Future[RowsResult]
 
 
@@ -112,8 +132,8 @@ class _Queue:
         heapq.heappush(self.heap, entry)
         self.rows += entry[2].rows
 
-    def oldest_s(self) -> float:
-        return min(w.enqueued_s for _, _, w in self.heap)
+    def release_s(self) -> float:
+        return min(w.release_s for _, _, w in self.heap)
 
 
 BatchObserver = Callable[[int, float], None]
@@ -136,6 +156,7 @@ class DynamicBatcher:
         clock: Clock,
         on_batch: BatchObserver | None = None,
         model: LatencyModel | None = None,
+        loop_busy: Callable[[], float] | None = None,
     ) -> None:
         self._spec = spec
         self._replicas = replicas
@@ -147,7 +168,14 @@ class DynamicBatcher:
         self.limit = self._aimd.max_batch
         """The AIMD batch-size limit."""
         self._queue = _Queue()
-        self._arrival = asyncio.Event()
+        self._arrival = Signal(clock)
+        self._holds = spec.max_batch_size > 0 and (spec.max_queue_delay_s > 0 or spec.max_slo_hold_s > 0)
+        self._window_until: float | None = None
+        """While the loop holds a batch for more requests: until when."""
+        self._loop_busy = loop_busy
+        """The serving process's event loop's busy share (:class:`~sloserve.dataplane.loop_load.LoopLoad`)."""
+        self.hold_scale = 1.0
+        """How much of their hold requests with a deadline get (:func:`hold_scale_update`)."""
         self._closed = False
         self._running: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -184,15 +212,36 @@ class DynamicBatcher:
                 f"the queue is full ({self._spec.max_queue_size} requests waiting); retry later"
             )
         future: asyncio.Future[RowsResult] = asyncio.get_running_loop().create_future()
-        self._queue.push(_Waiting(inputs, rows, self._clock.now(), deadline_s, future))
-        if not self._dispatch_now():
+        now = self._clock.now()
+        release = now
+        if self._holds:
+            if deadline_s is None:
+                release += self._spec.max_queue_delay_s
+            else:
+                scale = self.hold_scale
+                if self._loop_busy is not None:
+                    scale *= loop_hold_scale(self._loop_busy())
+                release += hold_ms((deadline_s - now) * 1e3, self._spec.max_slo_hold_s * 1e3, scale) / 1e3
+        waiting = _Waiting(inputs, rows, now, deadline_s, release, future)
+        self._queue.push(waiting)
+        if release <= now and self._dispatch_now():
+            return future
+        until = self._window_until
+        if until is None or self._queue.rows >= self.limit or self._latest_start(waiting) < until:
             self._arrival.set()
         return future
 
+    def _latest_start(self, waiting: _Waiting) -> float:
+        """The end of the window ``waiting`` allows: its release, or earlier if its deadline needs it."""
+        if waiting.deadline_s is None:
+            return waiting.release_s
+        full_ms = self.model.predict_ms(max(self._queue.rows, self.limit))
+        return min(waiting.release_s, waiting.deadline_s - full_ms / 1e3)
+
     def _dispatch_now(self) -> bool:
-        """Fast path at low load: with no batching window and a free slot, start the batch here and spare
-        the loop a wake-up (one event-loop hop, tens of µs, on every lightly loaded request)."""
-        if self._spec.max_queue_delay_s > 0 or self._loop_task is None or len(self._queue.heap) != 1:
+        """Fast path at low load: a lone request not to be held and a free slot: start the batch here and
+        spare the loop a wake-up (one event-loop hop, tens of µs, on every lightly loaded request)."""
+        if self._loop_task is None or len(self._queue.heap) != 1:
             return False
         replica = self._replicas.try_acquire()
         if replica is None:
@@ -234,20 +283,25 @@ class DynamicBatcher:
         task.add_done_callback(self._running.discard)
 
     async def _wait_window(self) -> None:
-        """Give later requests up to ``max_queue_delay_s`` to join, never past the head's last moment."""
-        delay = self._spec.max_queue_delay_s
-        if delay <= 0 or self._spec.max_batch_size == 0:
+        """Hold the batch for later requests until the earliest release waiting, never past the head's
+        last moment; at once when the batch is full."""
+        if not self._holds:
             return
-        while self._queue.heap and self._queue.rows < self.limit and not self._closed:
+        queue = self._queue
+        while queue.heap and queue.rows < self.limit and not self._closed:
             now = self._clock.now()
-            until = self._queue.oldest_s() + delay
-            head = self._queue.head()
+            until = queue.release_s()
+            head = queue.head()
             if head.deadline_s is not None:
-                until = min(until, head.deadline_s - self.model.predict_ms(max(self._queue.rows, self.limit)) / 1e3)
-            if until <= now:
+                until = min(until, head.deadline_s - self.model.predict_ms(max(queue.rows, self.limit)) / 1e3)
+            if until - now < _TIMER_GRAIN_S:
                 return
             self._arrival.clear()
-            await wait_event(self._arrival, self._clock, until - now)
+            self._window_until = until
+            try:
+                await self._arrival.wait(until - now)
+            finally:
+                self._window_until = None
 
     def _take(self) -> list[_Waiting]:
         """The next batch in deadline order (:func:`batch_take` decides how much of it); requests that can no
@@ -265,6 +319,7 @@ class DynamicBatcher:
                 now * 1e3, waiting.deadline_s * 1e3, waiting.rows, self.model
             ):
                 self.expired += 1
+                self.hold_scale = hold_scale_update(self.hold_scale, True)
                 _fail(
                     [waiting],
                     DeadlineExceededError(
@@ -312,6 +367,13 @@ class DynamicBatcher:
         budgets = [w.deadline_s - w.enqueued_s for w in batch if w.deadline_s is not None]
         too_slow = batch_too_slow(service_s * 1e3, min(budgets) * 1e3 if budgets else None)
         self.limit = aimd_update(self.limit, too_slow, self._aimd)
+        if budgets:
+            near = any(
+                near_miss((finished - w.enqueued_s) * 1e3, (w.deadline_s - w.enqueued_s) * 1e3)
+                for w in batch
+                if w.deadline_s is not None
+            )
+            self.hold_scale = hold_scale_update(self.hold_scale, near)
         if self._on_batch is not None:
             self._on_batch(rows, service_s)
         _answer(batch, outputs, started, compute_s, split=self._spec.max_batch_size > 0)

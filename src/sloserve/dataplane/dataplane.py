@@ -20,6 +20,7 @@ from sloserve.clock import Clock
 from sloserve.dataplane.batcher import RowsResult
 from sloserve.dataplane.cache import PredictionCache, input_digest
 from sloserve.dataplane.host import VersionHost
+from sloserve.dataplane.loop_load import LoopLoad
 from sloserve.dataplane.selector import AdmissionRefused, VariantChooser
 from sloserve.dataplane.slo import request_slo
 from sloserve.dataplane.splitter import MAX_CHUNKS, scatter_gather
@@ -67,6 +68,7 @@ class DataPlane:
         self._ready = False
         self._cache = PredictionCache(clock)
         self._loads_read_at = clock.now()
+        self._loop_load = LoopLoad(clock)
         self._wanted: dict[tuple[str, VersionId], int] = {}
         """Rows that a variant not running would have served (refused, or sent to a dearer one)."""
 
@@ -98,6 +100,7 @@ class DataPlane:
                         self._metrics,
                         profile=profile,
                         split_rows=profile.best_batch if profile is not None else None,
+                        loop_busy=self._loop_load.busy,
                     )
                     host.start()
                 hosts[version] = host

@@ -18,13 +18,11 @@ ever earlier.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
-from sloserve.clock import Clock, SystemClock
+from sloserve.clock import Clock
 from sloserve.model_config import HedgingConfig
 from sloserve.policy.hedging import (
     BackupCandidate,
@@ -146,21 +144,3 @@ class Hedger:
     def _tell(self, event: str) -> None:
         if self._listener is not None:
             self._listener(event)
-
-
-class Alarm(Protocol):
-    def cancel(self) -> object: ...
-
-
-def set_alarm(clock: Clock, delay_s: float, callback: Callable[[], None]) -> Alarm:
-    """Call ``callback`` after ``delay_s`` of ``clock`` time unless cancelled first.
-
-    Every batch of a hedged version sets one, so the system clock's is a timer handle on the
-    loop (the same monotonic time; ~2 us) rather than a task sleeping on ``clock.sleep``
-    (~7 us and two more turns of the loop); any other clock (a fake one) gets the task.
-    """
-    if type(clock) is SystemClock:
-        return asyncio.get_running_loop().call_later(max(0.0, delay_s), callback)
-    task = asyncio.ensure_future(clock.sleep(delay_s))
-    task.add_done_callback(lambda done: None if done.cancelled() else callback())
-    return task

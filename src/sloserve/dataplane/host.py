@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sloserve.catalog import RunningVersion
@@ -42,6 +43,7 @@ class VersionHost:
         split_rows: int | None = None,
         routing: Routing = DEFAULT_ROUTING,
         profile: VariantProfile | None = None,
+        loop_busy: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         self.running = running
@@ -60,6 +62,7 @@ class VersionHost:
             max_batch_size=config.max_batch_size,
             max_queue_delay_s=config.batching.max_queue_delay_us / 1e6,
             max_queue_size=config.batching.max_queue_size,
+            max_slo_hold_s=config.batching.max_slo_hold_us / 1e6,
         )
 
         self.profile = profile
@@ -73,7 +76,7 @@ class VersionHost:
             self._observe(rows, service_s * 1e3)
 
         initial = self._profiled_model(profile) if profile is not None else LatencyModel(0.0, 0.0)
-        self.batcher = DynamicBatcher(spec, self.replicas, clock, on_batch, initial)
+        self.batcher = DynamicBatcher(spec, self.replicas, clock, on_batch, initial, loop_busy)
 
     def _profiled_model(self, p: VariantProfile) -> LatencyModel:
         return LatencyModel(p.latency_intercept_ms * self.correction, p.latency_per_row_ms * self.correction)

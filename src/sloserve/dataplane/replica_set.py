@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from sloserve.clock import Clock
-from sloserve.dataplane.hedger import Alarm, Hedger, set_alarm
-from sloserve.dataplane.waiting import wait_event
+from sloserve.dataplane.hedger import Hedger
+from sloserve.dataplane.waiting import Alarm, set_alarm, wait_event
 from sloserve.errors import ReplicaDiedError, UnavailableError
 from sloserve.policy.routing import DEFAULT_ROUTING, Routing, choose_replica
 from sloserve.replica import Arrays, Replica

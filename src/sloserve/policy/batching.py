@@ -10,6 +10,20 @@ taken, ``batch_take``, is the prefix of the deadline-ordered queue (at most the
 limit) that loses the fewest deadlines over this batch and the next, the longer
 on ties: the largest batch that fits the tightest deadline waiting, unless that
 would cost the requests behind it more deadlines than it saves.
+
+``hold_ms`` is how long a request with a latency SLO may wait for others to join
+its batch while a replica is free: a share of its SLO, capped, times a *hold scale*
+in [0, 1]. A batch has a fixed cost (the intercept of its latency model, and the
+front end's and the worker's handling, which the profile does not see) that a batch
+of one pays whole: at low load, holding the requests of a 5 ms class for a
+millisecond makes batches of several and costs a third less CPU per query. Near
+saturation the same millisecond is the tail that misses. So the scale is AIMD too
+(``hold_scale_update``): it halves after a batch in which a request finished past
+``NEAR_MISS_SHARE`` of its budget (close enough to its deadline that the time the
+batcher cannot see, answering and the network, may push it over) and creeps back
+after batches that finished well within; and it is zero while the serving process's
+event loop is busy past ``LOOP_BUSY_NO_HOLD`` of a core (``loop_hold_scale``): the
+loop's own queueing, which the batcher cannot see either, then takes the slack.
 """
 
 from __future__ import annotations
@@ -26,6 +40,52 @@ class LatencyModel:
 
     def predict_ms(self, rows: int) -> float:
         return self.intercept_ms + self.per_row_ms * rows
+
+
+SLO_HOLD_FRACTION = 0.2
+"""The share of its latency SLO a request may wait for its batch to grow (capped by the model's
+``max_slo_hold_us``)."""
+
+
+NEAR_MISS_SHARE = 0.6
+"""A request that finished after this share of its latency budget came near missing it."""
+HOLD_INCREASE = 0.02
+HOLD_DECREASE = 0.5
+
+
+MIN_HOLD_MS = 0.5
+"""A shorter hold is none: the event loop's timers have a resolution of a millisecond."""
+
+
+def hold_ms(budget_ms: float, max_hold_ms: float, scale: float = 1.0) -> float:
+    """How long a request with ``budget_ms`` of latency SLO may be held for others to join its batch."""
+    hold = scale * min(max_hold_ms, SLO_HOLD_FRACTION * budget_ms)
+    return hold if hold >= MIN_HOLD_MS else 0.0
+
+
+LOOP_LOAD_WINDOW_S = 0.1
+"""The window over which the event loop's busy share is measured."""
+LOOP_BUSY_FULL_HOLD = 0.5
+LOOP_BUSY_NO_HOLD = 0.65
+"""Holds shrink from whole to none as the serving process's event loop goes from half a core busy to this:
+past it, the loop's own queueing (in bursts) takes the slack a hold would spend."""
+
+
+def loop_hold_scale(busy: float) -> float:
+    """The share of their hold requests get when the event loop is ``busy`` (CPU s per s)."""
+    return min(1.0, max(0.0, (LOOP_BUSY_NO_HOLD - busy) / (LOOP_BUSY_NO_HOLD - LOOP_BUSY_FULL_HOLD)))
+
+
+def near_miss(elapsed_ms: float, budget_ms: float) -> bool:
+    """Whether a request answered ``elapsed_ms`` after it arrived came near its ``budget_ms``."""
+    return elapsed_ms > NEAR_MISS_SHARE * budget_ms
+
+
+def hold_scale_update(scale: float, any_near_miss: bool) -> float:
+    """The next hold scale after a batch with (or without) a request that came near its deadline."""
+    if any_near_miss:
+        return scale * HOLD_DECREASE
+    return min(1.0, scale + HOLD_INCREASE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,9 @@ class SimConfig:
     """Front-end CPU per request (HTTP parsing, selection, encoding): each request waits its turn at one of
     ``frontend_workers`` FIFO front ends for this long before admission. 0: a front end that costs nothing."""
     frontend_workers: int = 1
+    max_slo_hold_ms: float = 2.0
+    """Model-less: a request may wait a fifth of its latency SLO, at most this, for others to join its
+    batch while a replica is free (the model config's ``max_slo_hold_us``; 0: never held)."""
 
     def autoscale_config(self) -> AutoscaleConfig:
         if self.autoscale is not None:
@@ -84,6 +87,8 @@ class SimConfig:
             raise InvalidArgumentError(f"--cpus must be at least 1, got {self.cpus}")
         if not (math.isfinite(self.frontend_ms) and self.frontend_ms >= 0):
             raise InvalidArgumentError(f"--frontend-ms must be a non-negative number, got {self.frontend_ms}")
+        if not (math.isfinite(self.max_slo_hold_ms) and self.max_slo_hold_ms >= 0):
+            raise InvalidArgumentError(f"--max-slo-hold-ms must be a non-negative number, got {self.max_slo_hold_ms}")
         if self.frontend_workers < 1:
             raise InvalidArgumentError(f"--frontend-workers must be at least 1, got {self.frontend_workers}")
         if not self.autoscale_interval_s > 0:

@@ -60,7 +60,18 @@ import numpy as np
 
 from sloserve.errors import InvalidArgumentError
 from sloserve.policy.autoscale import ScaleDecision
-from sloserve.policy.batching import LatencyModel, aimd_update, batch_take, batch_too_slow, expired
+from sloserve.policy.batching import (
+    LOOP_LOAD_WINDOW_S,
+    LatencyModel,
+    aimd_update,
+    batch_take,
+    batch_too_slow,
+    expired,
+    hold_ms,
+    hold_scale_update,
+    loop_hold_scale,
+    near_miss,
+)
 from sloserve.policy.selection import Choice
 from sloserve.sim.config import SimConfig
 from sloserve.sim.family import Family
@@ -83,6 +94,7 @@ DROPS = {DROPPED_DEADLINE: "deadline", DROPPED_UNLOADED: "unloaded"}
 _DONE, _READY, _TICK, _TIMER = 0, 1, 2, 3
 _NOISE_BLOCK = 1 << 16
 _MIN_SERVICE_MS = 1e-3
+_LOAD_WINDOW_MS = LOOP_LOAD_WINDOW_S * 1000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +176,14 @@ class Simulator:
         self.deadlines: list[float] = (self.deadlines_arr + (admitted_ms - workload.time_ms)).tolist()
         self.out: list[int] = [PENDING] * n
         self.fin: list[float] = [math.nan] * n
+        self.release: list[float] = []
+        """Until when each request may wait for others to join its batch (set at admission)."""
+        if config.policy.kind == "modelless" and config.max_slo_hold_ms > 0:
+            self.release = self.times.copy()
+        # The front end's busy share over windows of LoopLoad's length, as the batcher reads it.
+        self.busy = 0.0
+        self.busy_since = 0.0
+        self.busy_admitted = 0
         self.best_effort: set[int] = set()
         """Requests served best effort (queued by their predicted completion, never dropped)."""
         self.fifo_pool: Pool | None = None
@@ -257,8 +277,18 @@ class Simulator:
 
     # ---- admission ----------------------------------------------------------
 
+    def _frontend_busy(self, t: float) -> float:
+        """The front ends' busy share over the last complete window (each admission cost ``frontend_ms``)."""
+        if t - self.busy_since >= _LOAD_WINDOW_MS:
+            config = self.config
+            self.busy = self.busy_admitted * config.frontend_ms / (t - self.busy_since) / config.frontend_workers
+            self.busy_since = t
+            self.busy_admitted = 0
+        return self.busy
+
     def _admit(self, rid: int, t: float) -> None:
         """Admission at arrival: the variant select_variant chooses, or a refusal."""
+        self.busy_admitted += 1
         m = self.model[rid]
         rows = self.rows[rid]
         k = self.klass[rid]
@@ -290,6 +320,11 @@ class Simulator:
             self.fleet.start(pool, 1, self.now)
         heappush(pool.edf, (deadline, rid))
         pool.queued_rows += rows
+        if self.release and rid not in self.best_effort:
+            scale = pool.hold_scale * loop_hold_scale(self._frontend_busy(t))
+            hold = hold_ms(self.deadlines[rid] - t, self.config.max_slo_hold_ms, scale)
+            self.release[rid] = release = t + hold
+            pool.release_at = min(pool.release_at, release)
         pool.routed_rows += rows
         pool.selected += 1
         selector.admitted(pool)
@@ -319,6 +354,14 @@ class Simulator:
         self.noise_at += 1
         return max(p.base.predict_ms(rows) * self.config.slowdown * factor, _MIN_SERVICE_MS)
 
+    def _held_until(self, p: Pool) -> float:
+        """When the batch waiting on ``p`` stops waiting for more (the batcher's window): the earliest
+        release queued, never past the last moment a full batch still makes the head's deadline."""
+        if p.release_at != p.release_at:  # nan: requests left the queue since it was known
+            release = self.release
+            p.release_at = min([release[rid] for _, rid in p.edf], default=math.inf)
+        return min(p.release_at, p.edf[0][0] - p.live.predict_ms(max(p.queued_rows, p.limit)))
+
     def _dispatch_edf(self, p: Pool) -> None:
         q = p.edf
         if not (p.free and q):
@@ -327,18 +370,28 @@ class Simulator:
         rows = self.rows
         out = self.out
         live = p.live
+        hold = bool(self.release)
         while p.free and q:
             deadline, rid = q[0]
             while expired(t, deadline, rows[rid], live) and rid not in self.best_effort:
                 heappop(q)
                 p.queued_rows -= rows[rid]
+                p.release_at = math.nan
                 out[rid] = DROPPED_DEADLINE
                 p.drops += 1
+                p.hold_scale = hold_scale_update(p.hold_scale, True)
                 if not q:
                     break
                 deadline, rid = q[0]
             if not q:
                 break
+            if hold and p.queued_rows < p.limit:
+                until = self._held_until(p)
+                if until > t:
+                    if p.timer_at != until:
+                        p.timer_at = until
+                        self._push(until, _TIMER, p, None)
+                    break
             entries: list[tuple[float, int]] = []
             taken = 0
             while q and (not entries or taken < p.limit):
@@ -346,8 +399,10 @@ class Simulator:
                 r = entry[1]
                 if expired(t, entry[0], rows[r], live) and r not in self.best_effort:
                     p.queued_rows -= rows[r]
+                    p.release_at = math.nan
                     out[r] = DROPPED_DEADLINE
                     p.drops += 1
+                    p.hold_scale = hold_scale_update(p.hold_scale, True)
                     continue
                 entries.append(entry)
                 taken += rows[r]
@@ -360,6 +415,7 @@ class Simulator:
                 entries = entries[:n]
                 taken = sum([rows[r] for _, r in entries])
             batch = [r for _, r in entries]
+            p.release_at = math.nan if q else math.inf
             # AIMD judges a batch by the tightest SLO it was promised (best-effort deadlines are no promise)
             deadlines, times, best = self.deadlines, self.times, self.best_effort
             budget = min([deadlines[r] - times[r] for r in batch if not best or r not in best], default=math.inf)
@@ -423,6 +479,14 @@ class Simulator:
         if modelless:
             too_slow = batch_too_slow(service, budget_ms if budget_ms != math.inf else None)
             p.limit = aimd_update(p.limit, too_slow, p.aimd)
+            if budget_ms != math.inf:
+                times, deadlines, best = self.times, self.deadlines, self.best_effort
+                near = any(
+                    near_miss(t - times[rid], deadlines[rid] - times[rid])
+                    for rid in batch
+                    if not best or rid not in best
+                )
+                p.hold_scale = hold_scale_update(p.hold_scale, near)
             predicted = max(p.base.predict_ms(rows), _MIN_SERVICE_MS)
             p.correction += self.config.correction_alpha * (service / predicted - p.correction)
             p.live = LatencyModel(p.base.intercept_ms * p.correction, p.base.per_row_ms * p.correction)
@@ -442,6 +506,7 @@ class Simulator:
             p.drops += len(p.edf)
             p.edf.clear()
             p.queued_rows = 0
+            p.release_at = math.inf
 
     def _tick(self, modelless: bool) -> None:
         if modelless:

@@ -8,6 +8,7 @@ ones in their cold start come up.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ class Pool:
         "edf",
         "fifo",
         "free",
+        "hold_scale",
         "index",
         "key",
         "limit",
@@ -41,6 +43,7 @@ class Pool:
         "queued_rows",
         "ready",
         "refused_rows",
+        "release_at",
         "retiring",
         "routed_rows",
         "running_ms",
@@ -72,6 +75,10 @@ class Pool:
         """Heap of (deadline ms, request id): earliest deadline first, then arrival order."""
         self.fifo: deque[int] = deque()
         self.queued_rows = 0
+        self.hold_scale = 1.0
+        """How much of their hold requests get (the batcher's AIMD on near misses)."""
+        self.release_at = math.inf
+        """The earliest time a queued request stops waiting for others to join its batch (nan: recompute)."""
         self.ready = 0
         self.free = 0
         self.busy = 0

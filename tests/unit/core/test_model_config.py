@@ -13,7 +13,7 @@ GOOD: dict[str, Any] = {
     "max_batch_size": 64,
     "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
     "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
-    "dynamic_batching": {"max_queue_delay_us": 100, "max_queue_size": 16},
+    "dynamic_batching": {"max_queue_delay_us": 100, "max_queue_size": 16, "max_slo_hold_us": 500},
     "instance_count": 2,
 }
 
@@ -21,6 +21,8 @@ GOOD: dict[str, Any] = {
 def test_a_good_config_round_trips() -> None:
     config = parse_model_config(GOOD)
     assert config.batching.max_queue_delay_us == 100
+    assert config.batching.max_slo_hold_us == 500
+    assert parse_model_config({**GOOD, "dynamic_batching": {}}).batching.max_slo_hold_us == 2000  # the default
     assert config.instance_count == 2
     assert parse_model_config(config.to_dict()) == config
 
@@ -37,6 +39,7 @@ def test_a_good_config_round_trips() -> None:
         ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, -2]}]}, "shape"),
         ({"outputs": [{"name": "a", "datatype": "FP32", "shape": [-1]}] * 2}, "duplicate"),
         ({"dynamic_batching": {"max_queue_size": 0}}, "max_queue_size"),
+        ({"dynamic_batching": {"max_slo_hold_us": -1}}, "max_slo_hold_us"),
         ({"dynamic_batching": {"delay": 1}}, "unknown keys"),
         ({"colour": "blue"}, "unknown keys"),
         ({"name": "bad/name"}, "invalid model name"),

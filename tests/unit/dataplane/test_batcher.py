@@ -32,9 +32,17 @@ def rows(value: float, n: int = 1) -> dict[str, np.ndarray[Any, Any]]:
 
 
 def make(
-    replicas: list[FakeReplica], clock: FakeClock, *, max_batch: int = 8, delay_s: float = 0.0, queue: int = 100
+    replicas: list[FakeReplica],
+    clock: FakeClock,
+    *,
+    max_batch: int = 8,
+    delay_s: float = 0.0,
+    queue: int = 100,
+    slo_hold_s: float = 0.0,
 ) -> DynamicBatcher:
-    spec = BatchingSpec(max_batch_size=max_batch, max_queue_delay_s=delay_s, max_queue_size=queue)
+    spec = BatchingSpec(
+        max_batch_size=max_batch, max_queue_delay_s=delay_s, max_queue_size=queue, max_slo_hold_s=slo_hold_s
+    )
     batcher = DynamicBatcher(spec, ReplicaSet(replicas, ["y"], clock), clock)
     batcher.start()
     return batcher
@@ -295,14 +303,70 @@ async def test_lateness_from_waiting_does_not_shrink_batches() -> None:
 async def test_the_window_never_holds_the_head_past_its_deadline() -> None:
     clock = FakeClock()
     replica = FakeReplica(compute=double)
-    batcher = make([replica], clock, max_batch=8, delay_s=1.0)
-    batcher.model = LatencyModel(intercept_ms=2.0, per_row_ms=0.0)
-    fut = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.010)
-    await clock.advance(0.007)
+    batcher = make([replica], clock, max_batch=8, slo_hold_s=1.0)
+    batcher.model = LatencyModel(intercept_ms=9.0, per_row_ms=0.0)
+    fut = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.010)  # may be held 2 ms (a fifth of 10)
+    await settle()
+    await clock.advance(0.0009)
     assert replica.batches == []
-    await clock.advance(0.0011)  # 8.1 ms: the head must go now to finish by 10 ms
+    await clock.advance(0.0002)  # 1.1 ms: the head must go now to finish by 10 ms
     assert len(replica.batches) == 1
     await fut
+    await batcher.close()
+
+
+async def test_a_request_with_a_deadline_is_held_a_fifth_of_its_slo_for_others_to_join() -> None:
+    clock = FakeClock()
+    replica = FakeReplica(compute=double)
+    batcher = make([replica], clock, max_batch=8, slo_hold_s=0.002)
+    batcher.model = LatencyModel(intercept_ms=0.5, per_row_ms=0.01)
+    first = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.005)  # held until 1 ms
+    await settle()
+    await clock.advance(0.0006)
+    second = batcher.submit(rows(2.0), 1, deadline_s=clock.now() + 0.025)  # its own hold (2 ms) is longer
+    await settle()
+    await clock.advance(0.0003)
+    assert replica.batches == []
+    await clock.advance(0.0002)  # 1.1 ms: the first one's hold is over; both go together
+    assert len(replica.batches) == 1 and replica.batches[0]["x"].shape == (2, 2)
+    assert (await first).queue_s == pytest.approx(0.001, abs=1e-6)
+    await second
+    await batcher.close()
+
+
+async def test_a_tighter_request_arriving_during_a_hold_brings_the_batch_forward() -> None:
+    clock = FakeClock()
+    replica = FakeReplica(compute=double)
+    batcher = make([replica], clock, max_batch=8, slo_hold_s=0.002)
+    loose = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.025)  # held the 2 ms cap
+    await settle()
+    await clock.advance(0.0005)
+    tight = batcher.submit(rows(2.0), 1, deadline_s=clock.now() + 0.005)  # held 1 ms: until 1.5 ms
+    await settle()
+    await clock.advance(0.0009)
+    assert replica.batches == []
+    await clock.advance(0.0002)
+    assert len(replica.batches) == 1 and replica.batches[0]["x"].shape == (2, 2)
+    await asyncio.gather(loose, tight)
+    await batcher.close()
+
+
+async def test_a_hold_ends_when_the_batch_fills_and_requests_without_a_deadline_are_not_held() -> None:
+    clock = FakeClock()
+    replica = FakeReplica(compute=double)
+    batcher = make([replica], clock, max_batch=2, slo_hold_s=0.002)
+    held = [batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.010)]
+    await settle()
+    assert replica.batches == []
+    held.append(batcher.submit(rows(2.0), 1, deadline_s=clock.now() + 0.010))
+    await settle()
+    assert len(replica.batches) == 1  # full: no waiting out the hold
+    await asyncio.gather(*held)
+    plain = batcher.submit(rows(3.0), 1)
+    await settle()
+    assert len(replica.batches) == 2  # no deadline, no max_queue_delay: at once
+    await plain
+    await batcher.close()
 
 
 async def test_service_time_excludes_waiting_behind_the_batch_ahead_in_the_replica() -> None:
@@ -351,4 +415,44 @@ async def test_service_time_ends_when_the_replica_finished_not_when_the_loop_rea
     result = await future
     assert seen == [(1, pytest.approx(0.001))]
     assert result.compute_s == pytest.approx(0.005)  # the client's view is unchanged
+    await batcher.close()
+
+
+async def test_a_batch_that_came_near_its_deadline_halves_the_holds_after_it() -> None:
+    clock = FakeClock()
+    replica = FakeReplica(capacity=1)
+    batcher = make([replica], clock, max_batch=8, slo_hold_s=0.002)
+    fut = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.010)
+    await settle()
+    await clock.advance(0.002)  # held 2 ms, then runs
+    assert len(replica.batches) == 1
+    await clock.advance(0.005)  # done at 7 ms of its 10: near its deadline
+    replica.complete(0, double(replica.batches[0]))
+    await fut
+    assert batcher.hold_scale == 0.5
+    nxt = batcher.submit(rows(2.0), 1, deadline_s=clock.now() + 0.010)
+    await settle()
+    await clock.advance(0.0011)  # held half as long: 1 ms
+    assert len(replica.batches) == 2
+    replica.complete(1, double(replica.batches[1]))
+    await nxt
+    assert batcher.hold_scale == pytest.approx(0.52)  # that one finished well within: creeping back
+    await batcher.close()
+
+
+async def test_no_request_is_held_while_the_event_loop_is_busy() -> None:
+    clock = FakeClock()
+    replica = FakeReplica(compute=double)
+    spec = BatchingSpec(max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=100, max_slo_hold_s=0.002)
+    busy = [0.9]
+    batcher = DynamicBatcher(spec, ReplicaSet([replica], ["y"], clock), clock, loop_busy=lambda: busy[0])
+    batcher.start()
+    await batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.010)  # answered without the clock moving
+    busy[0] = 0.3
+    held = batcher.submit(rows(2.0), 1, deadline_s=clock.now() + 0.010)
+    await settle()
+    assert len(replica.batches) == 1
+    await clock.advance(0.002)
+    assert len(replica.batches) == 2
+    await held
     await batcher.close()

@@ -79,3 +79,38 @@ def test_a_batch_is_too_slow_when_it_alone_took_longer_than_the_tightest_slo() -
     assert batch_too_slow(5.1, 5.0)
     assert not batch_too_slow(4.9, 5.0)
     assert not batch_too_slow(100.0, None)
+
+
+def test_a_request_is_held_a_fifth_of_its_slo_up_to_the_cap_and_never_for_less_than_a_timer_can_time() -> None:
+    from sloserve.policy.batching import hold_ms
+
+    assert hold_ms(5.0, 2.0) == 1.0
+    assert hold_ms(25.0, 2.0) == 2.0  # capped
+    assert hold_ms(5.0, 2.0, scale=0.5) == 0.5
+    assert hold_ms(5.0, 2.0, scale=0.4) == 0.0  # 0.4 ms: under the event loop's timer resolution
+    assert hold_ms(25.0, 0.0) == 0.0
+
+
+def test_the_hold_scale_halves_after_a_near_miss_and_creeps_back() -> None:
+    from sloserve.policy.batching import hold_scale_update, near_miss
+
+    assert near_miss(3.1, 5.0) and not near_miss(2.9, 5.0)
+    scale = hold_scale_update(1.0, True)
+    assert scale == 0.5
+    for _ in range(10):
+        scale = hold_scale_update(scale, False)
+    assert 0.5 < scale < 1.0
+    for _ in range(100):
+        scale = hold_scale_update(scale, False)
+    assert scale == 1.0
+
+
+@given(st.floats(0.0, 4.0))
+def test_holds_shrink_as_the_event_loop_gets_busy(busy: float) -> None:
+    from sloserve.policy.batching import LOOP_BUSY_FULL_HOLD, LOOP_BUSY_NO_HOLD, loop_hold_scale
+
+    scale = loop_hold_scale(busy)
+    assert 0.0 <= scale <= 1.0
+    assert scale == 1.0 if busy <= LOOP_BUSY_FULL_HOLD else scale < 1.0
+    assert scale == 0.0 if busy >= LOOP_BUSY_NO_HOLD else scale > 0.0
+    assert loop_hold_scale(busy + 0.01) <= scale

@@ -220,3 +220,27 @@ def test_a_saturated_front_end_makes_a_small_model_miss_its_slos(trio: Family) -
     assert scaled.attainment is not None and scaled.attainment >= 0.99
     with pytest.raises(InvalidArgumentError, match="frontend-workers"):
         run(trio, [Segment(1, 10)], loose, SimConfig(frontend_workers=0))
+
+
+def test_at_low_load_requests_are_held_for_bigger_cheaper_batches_but_not_when_the_front_end_is_busy(
+    trio: Family,
+) -> None:
+    """As the batcher does: a request waits a fifth of its SLO (at most max_slo_hold_ms) for its batch to
+    grow while a replica is free, unless the front end is busy past LOOP_BUSY_NO_HOLD."""
+    segments = [Segment(3, 1000)]
+
+    def mid(config: SimConfig) -> tuple[float, float, float]:
+        report = run(trio, segments, [ACCURATE], config)
+        variant = next(v for v in report.variants if v.id == "mid")
+        assert report.attainment is not None and variant.mean_batch_rows is not None
+        return report.attainment, variant.mean_batch_rows, report.cpu_s_per_1k
+
+    held = mid(SimConfig(cpus=4))
+    unheld = mid(SimConfig(cpus=4, max_slo_hold_ms=0.0))
+    assert held[0] >= 0.999 and unheld[0] >= 0.999
+    assert held[1] > 1.5 * unheld[1], (held, unheld)
+    assert held[2] < 0.8 * unheld[2]
+    busy = mid(SimConfig(cpus=4, frontend_ms=0.7))  # 1,000 req/s x 0.7 ms: the front end is 70% busy
+    assert busy[1] == pytest.approx(unheld[1], rel=0.1)
+    with pytest.raises(InvalidArgumentError, match="max-slo-hold-ms"):
+        run(trio, [Segment(1, 10)], [ACCURATE], SimConfig(max_slo_hold_ms=-1.0))
