@@ -107,7 +107,11 @@ class Server:
         http_sock = bind(s.host, s.http_port)
         metrics_sock = bind(s.host, s.metrics_port)
         self._http = HttpServer(
-            HttpApp(self.dataplane), http_sock, max_body_bytes=s.max_body_bytes, grace_s=s.shutdown_grace_s
+            HttpApp(self.dataplane),
+            http_sock,
+            max_body_bytes=s.max_body_bytes,
+            grace_s=s.shutdown_grace_s,
+            clock=self.clock.now,
         )
         self._metrics_http = HttpServer(MetricsApp(self.metrics), metrics_sock, max_body_bytes=1 << 16, grace_s=1.0)
         self._grpc = GrpcServer(self.dataplane, s.host, s.grpc_port, s.max_body_bytes, s.shutdown_grace_s)

@@ -226,3 +226,32 @@ async def test_stop_gives_a_connection_just_opened_time_to_send_its_request(echo
     answer = await asyncio.wait_for(reader.read(), 5.0)
     assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer
     await asyncio.wait_for(stopping, 5.0)
+
+
+async def test_a_request_is_stamped_when_its_first_bytes_arrive() -> None:
+    """Latency SLOs count from ``received_s``: a body that trickles in, or a request waiting behind others
+    on its connection, has spent that time already."""
+    import time
+
+    seen: list[tuple[float | None, float]] = []
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        seen.append((request.received_s, time.monotonic()))
+        return HttpResponse(200, b"{}")
+
+    server = HttpServer(handler, bind("127.0.0.1", 0), max_body_bytes=LIMIT, grace_s=1.0)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        sent = time.monotonic()
+        writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(b"cd")
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+    finally:
+        await server.stop()
+    [(received, handled)] = seen
+    assert received is not None and sent <= received < sent + 0.05
+    assert handled - received >= 0.09

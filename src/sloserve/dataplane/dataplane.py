@@ -221,7 +221,7 @@ class DataPlane:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         name = request.model_name
-        started = self._clock.now()
+        started = self._clock.now() if request.received_s is None else request.received_s
         view, version = self._view(name, request.model_version)
         config = view.loaded.config
         slo = request_slo(request.parameters, config.default_slo, _reference_accuracy(view.loaded))

@@ -37,6 +37,9 @@ class InferRequest:
     outputs: list[RequestedOutput] = field(default_factory=list)
     """Requested outputs; empty means every output of the model."""
     parameters: dict[str, Any] = field(default_factory=dict)
+    received_s: float | None = None
+    """When the server received the request (the data plane's clock; None: when the data plane sees it).
+    Latency SLOs count from here, so time spent waiting for a busy event loop to parse it counts."""
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 from sloserve.catalog import CatalogSnapshot, LoadedModel, RunningVersion
 from sloserve.dataplane.cache import ENTRY_OVERHEAD_BYTES, PredictionCache, input_digest
 from sloserve.dataplane.dataplane import DataPlane
-from sloserve.errors import InvalidArgumentError
+from sloserve.errors import DeadlineExceededError, InvalidArgumentError
 from sloserve.metrics import ServingMetrics
 from sloserve.model_config import CacheConfig, HedgingConfig, ModelConfig, TensorSpec
 from sloserve.protocol.types import InferRequest, Tensor
@@ -214,4 +214,23 @@ async def test_a_request_larger_than_the_best_batch_is_split_and_answered_in_ord
     assert all(f.batches for f in fakes)
     with pytest.raises(InvalidArgumentError, match="max_batch_size"):
         await plane.infer(infer_request(np.zeros((257, 2), np.float32)))
+    await plane.apply_catalog(CatalogSnapshot())
+
+
+async def test_a_latency_slo_counts_from_when_the_server_received_the_request() -> None:
+    """A request that waited in a busy front end before the data plane saw it has spent that much of its
+    SLO: one received longer ago than its SLO is dropped before compute, not served late."""
+    plane, fakes, clock = await plane_with(CONFIG)
+    x = np.array([[1.0, 2.0]], np.float32)
+    late = infer_request(x)
+    late.parameters = {"latency_slo_ms": 5}
+    late.received_s = clock.now() - 0.006
+    with pytest.raises(DeadlineExceededError, match="dropped before compute"):
+        await plane.infer(late)
+    assert not any(f.batches for f in fakes)
+    in_time = infer_request(x)
+    in_time.parameters = {"latency_slo_ms": 5}
+    in_time.received_s = clock.now() - 0.004
+    response = await plane.infer(in_time)
+    assert response.parameters["slo_met"] is True
     await plane.apply_catalog(CatalogSnapshot())

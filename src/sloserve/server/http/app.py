@@ -95,6 +95,7 @@ class HttpApp:
         raw_length = request.header(_HEADER_LENGTH)
         header_length = None if raw_length is None else _int_header(raw_length, "Inference-Header-Content-Length")
         infer_request = decode_infer_request(request.body, header_length, name, version)
+        infer_request.received_s = request.received_s
         response = await self._dp.infer(infer_request)
         payload, json_length = encode_infer_response(response, infer_request)
         if json_length is None:

@@ -25,6 +25,7 @@ import contextlib
 import http
 import logging
 import socket
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ class HttpRequest:
     headers: list[tuple[bytes, bytes]]
     """Header names lower-cased, in the order received."""
     body: bytes
+    received_s: float | None = None
+    """When its first bytes were read (the server's clock)."""
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a header (``name`` lower-case), or None."""
@@ -119,8 +122,11 @@ class HttpServer:
         max_body_bytes: int,
         grace_s: float,
         keepalive_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._handler = handler
+        self.clock = clock
+        """Stamps each request's ``received_s``."""
         self._sock = sock
         self.max_body_bytes = max_body_bytes
         self._grace_s = grace_s
@@ -220,6 +226,7 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._refused: HttpResponse | None = None
+        self._received_s = 0.0
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -261,6 +268,7 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._in_message = True
         self.served = True
+        self._received_s = self._server.clock()
         self._url = b""
         self._headers = []
         self._head_bytes = 0
@@ -316,7 +324,9 @@ class _Connection(asyncio.Protocol):
             url = httptools.parse_url(self._url) if self._url[:1] != b"/" else None
             path = (url.path if url is not None else self._url.split(b"?", 1)[0]).decode("latin-1")
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-            request = HttpRequest(self._parser.get_method().decode("ascii"), path, self._headers, body)
+            request = HttpRequest(
+                self._parser.get_method().decode("ascii"), path, self._headers, body, self._received_s
+            )
         self._body = []
         self._enqueue(
             _Received(
