@@ -36,7 +36,7 @@ class BatchingConfig:
 
     While a replica is free, a request without a latency deadline waits at most
     ``max_queue_delay_us`` for others (0: dispatch at once), and a request with one
-    at most a fifth of its latency SLO, capped at ``max_slo_hold_us`` (0: at once;
+    at most a fifth of its latency SLO beyond 5 ms, capped at ``max_slo_hold_us`` (0: at once;
     :func:`sloserve.policy.batching.hold_ms`); never past the last moment a full
     batch could still meet the earliest deadline waiting. Requests still merge
     while every replica is busy. ``max_queue_size`` bounds waiting requests; past

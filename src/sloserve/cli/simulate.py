@@ -110,7 +110,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=float,
         default=2.0,
         metavar="MS",
-        help="model-less: a request waits up to a fifth of its latency SLO, at most this, for its batch to grow "
+        help="model-less: a request waits up to a fifth of its latency SLO beyond 5 ms, at most this, for its batch to grow "
         "while a replica is free, as the server does with the model's max_slo_hold_us (default 2; 0: never)",
     )
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

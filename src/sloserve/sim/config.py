@@ -74,7 +74,7 @@ class SimConfig:
     ``frontend_workers`` FIFO front ends for this long before admission. 0: a front end that costs nothing."""
     frontend_workers: int = 1
     max_slo_hold_ms: float = 2.0
-    """Model-less: a request may wait a fifth of its latency SLO, at most this, for others to join its
+    """Model-less: a request may wait a fifth of its latency SLO beyond 5 ms, at most this, for others to join its
     batch while a replica is free (the model config's ``max_slo_hold_us``; 0: never held)."""
 
     def autoscale_config(self) -> AutoscaleConfig:

@@ -304,26 +304,26 @@ async def test_the_window_never_holds_the_head_past_its_deadline() -> None:
     clock = FakeClock()
     replica = FakeReplica(compute=double)
     batcher = make([replica], clock, max_batch=8, slo_hold_s=1.0)
-    batcher.model = LatencyModel(intercept_ms=9.0, per_row_ms=0.0)
-    fut = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.010)  # may be held 2 ms (a fifth of 10)
+    batcher.model = LatencyModel(intercept_ms=19.0, per_row_ms=0.0)
+    fut = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.020)  # may be held 3 ms (a fifth of 20 - 5)
     await settle()
     await clock.advance(0.0009)
     assert replica.batches == []
-    await clock.advance(0.0002)  # 1.1 ms: the head must go now to finish by 10 ms
+    await clock.advance(0.0002)  # 1.1 ms: the head must go now to finish by 20 ms
     assert len(replica.batches) == 1
     await fut
     await batcher.close()
 
 
-async def test_a_request_with_a_deadline_is_held_a_fifth_of_its_slo_for_others_to_join() -> None:
+async def test_a_request_with_a_deadline_is_held_a_fifth_of_its_slo_beyond_5_ms_for_others_to_join() -> None:
     clock = FakeClock()
     replica = FakeReplica(compute=double)
     batcher = make([replica], clock, max_batch=8, slo_hold_s=0.002)
     batcher.model = LatencyModel(intercept_ms=0.5, per_row_ms=0.01)
-    first = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.005)  # held until 1 ms
+    first = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.010)  # held until 1 ms
     await settle()
     await clock.advance(0.0006)
-    second = batcher.submit(rows(2.0), 1, deadline_s=clock.now() + 0.025)  # its own hold (2 ms) is longer
+    second = batcher.submit(rows(2.0), 1, deadline_s=clock.now() + 0.030)  # its own hold (2 ms) is longer
     await settle()
     await clock.advance(0.0003)
     assert replica.batches == []
@@ -338,10 +338,10 @@ async def test_a_tighter_request_arriving_during_a_hold_brings_the_batch_forward
     clock = FakeClock()
     replica = FakeReplica(compute=double)
     batcher = make([replica], clock, max_batch=8, slo_hold_s=0.002)
-    loose = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.025)  # held the 2 ms cap
+    loose = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.030)  # held the 2 ms cap
     await settle()
     await clock.advance(0.0005)
-    tight = batcher.submit(rows(2.0), 1, deadline_s=clock.now() + 0.005)  # held 1 ms: until 1.5 ms
+    tight = batcher.submit(rows(2.0), 1, deadline_s=clock.now() + 0.010)  # held 1 ms: until 1.5 ms
     await settle()
     await clock.advance(0.0009)
     assert replica.batches == []
@@ -424,7 +424,7 @@ async def test_a_batch_that_came_near_its_deadline_halves_the_holds_after_it() -
     batcher = make([replica], clock, max_batch=8, slo_hold_s=0.002)
     fut = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.010)
     await settle()
-    await clock.advance(0.002)  # held 2 ms, then runs
+    await clock.advance(0.002)  # held 1 ms, then runs
     assert len(replica.batches) == 1
     await clock.advance(0.005)  # done at 7 ms of its 10: near its deadline
     replica.complete(0, double(replica.batches[0]))
@@ -432,7 +432,7 @@ async def test_a_batch_that_came_near_its_deadline_halves_the_holds_after_it() -
     assert batcher.hold_scale == 0.5
     nxt = batcher.submit(rows(2.0), 1, deadline_s=clock.now() + 0.010)
     await settle()
-    await clock.advance(0.0011)  # held half as long: 1 ms
+    await clock.advance(0.0011)  # held half as long: 0.5 ms
     assert len(replica.batches) == 2
     replica.complete(1, double(replica.batches[1]))
     await nxt

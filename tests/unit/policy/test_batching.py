@@ -81,13 +81,16 @@ def test_a_batch_is_too_slow_when_it_alone_took_longer_than_the_tightest_slo() -
     assert not batch_too_slow(100.0, None)
 
 
-def test_a_request_is_held_a_fifth_of_its_slo_up_to_the_cap_and_never_for_less_than_a_timer_can_time() -> None:
-    from sloserve.policy.batching import hold_ms
+def test_a_request_is_held_a_fifth_of_its_slo_beyond_the_reserve_up_to_the_cap() -> None:
+    from sloserve.policy.batching import HOLD_RESERVE_MS, hold_ms
 
-    assert hold_ms(5.0, 2.0) == 1.0
+    assert HOLD_RESERVE_MS == 5.0
+    assert hold_ms(5.0, 2.0) == 0.0  # a tight class is never held: its tail under load is what misses
+    assert hold_ms(3.0, 2.0) == 0.0
+    assert hold_ms(10.0, 2.0) == 1.0
     assert hold_ms(25.0, 2.0) == 2.0  # capped
-    assert hold_ms(5.0, 2.0, scale=0.5) == 0.5
-    assert hold_ms(5.0, 2.0, scale=0.4) == 0.0  # 0.4 ms: under the event loop's timer resolution
+    assert hold_ms(10.0, 2.0, scale=0.5) == 0.5
+    assert hold_ms(10.0, 2.0, scale=0.4) == 0.0  # 0.4 ms: under the event loop's timer resolution
     assert hold_ms(25.0, 0.0) == 0.0
 
 
