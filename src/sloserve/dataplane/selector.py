@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 from sloserve.errors import InvalidArgumentError, ResourceExhaustedError
@@ -130,13 +131,11 @@ def choose_variant(
 class VariantChooser:
     """:func:`choose_variant` for one model's variants, cheap enough for every query.
 
-    The variants are visited by cost per row, a lower bound of a query's cost, and the
-    visit ends once that bound passes the tolerance above the cheapest fit found (for a
-    model whose batch fixed cost dominates, as both bundled ones, that is every variant;
-    where costs per row differ widely, one or two). Each prediction is plain arithmetic
+    Only running variants are predicted per query; the others' answers depend on the
+    query's rows and SLO alone and are kept per (rows, SLO). Each prediction is plain arithmetic
     (:func:`_predict_ms`, the number :func:`candidate` would give, without building one: a
     frozen dataclass costs a few µs, and on one event loop near its limit a few µs a
-    query decide whether the tight class makes its SLO): ~4 µs a query for 8 variants.
+    query decide whether the tight class makes its SLO): ~3 µs a query for 9 variants, one running.
     The answer is the one :func:`choose_variant` gives (property-tested); when nothing
     fits, it is asked, for its refusal or best-effort choice.
     """
@@ -144,11 +143,11 @@ class VariantChooser:
     def __init__(self, profiles: Mapping[VersionId, VariantProfile], max_batch: int) -> None:
         self._profiles = dict(profiles)
         self._max_batch = max_batch
-        by_cost = sorted(self._profiles.items(), key=lambda vp: (vp[1].cost_cpu_s_per_1k, vp[0]))
-        self._by_cost = [
-            (v, p.cost_cpu_s_per_1k, p.accuracy, p.latency_intercept_ms, p.latency_per_row_ms, p.load_ms)
-            for v, p in by_cost
-        ]
+        self._static = {
+            v: (p.cost_cpu_s_per_1k, p.accuracy, p.latency_intercept_ms, p.latency_per_row_ms, p.load_ms)
+            for v, p in self._profiles.items()
+        }
+        self._idle: dict[tuple[int, float | None, float], _IdleView] = {}
         self.recent: VersionId | None = None
         """The variant chosen for the previous query."""
 
@@ -156,42 +155,85 @@ class VariantChooser:
         """The choice, and the variant accurate enough, not running, that would cost the query less, beyond
         the tolerance, once started and fit (demand the autoscaler should see), if any.
 
-        Costs are :meth:`Candidate.query_cost`; a variant's cost per row is a lower bound of it, so the
-        visit in that order ends once a variant's cost per row is above what the cheapest found allows.
-        The choice is remembered as the ``recent`` variant of the next query."""
+        Costs are :meth:`Candidate.query_cost`. Running variants are predicted from their live state;
+        what a variant not running would do depends only on the query's rows and SLO, so that is
+        worked out once per (rows, SLO) (:class:`_IdleView`). The choice is remembered as the
+        ``recent`` variant of the next query."""
         bound = math.inf if slo.latency_ms is None else slo.latency_ms
         minimum = slo.min_accuracy
         recent = self.recent
         cheapest = math.inf
         fits: list[tuple[float, bool, bool, float, VersionId]] = []
-        idle_fit: tuple[float, VersionId] | None = None
-        for version, cost, accuracy, intercept, per_row, load_ms in self._by_cost:
-            if cost > cheapest * (1 + COST_TOLERANCE):
-                break
+        static = self._static
+        for version, state in live.items():
+            known = static.get(version)
+            if known is None:
+                continue
+            cost, accuracy, intercept, per_row, _ = known
             if minimum is not None and (accuracy is None or accuracy < minimum):
                 continue
-            state = live.get(version)
-            if state is None:
-                idle_ms = intercept + per_row * rows
-                predicted = idle_ms + load_ms
-                batch_rows = rows
-            else:
-                predicted, batch_rows = _predict_ms(intercept, per_row, state, rows, self._max_batch)
-            query_cost = cost + intercept / max(batch_rows, rows, 1)
+            predicted, batch_rows = _predict_ms(intercept, per_row, state, rows, self._max_batch)
             if predicted <= bound:
-                fits.append((query_cost, state is None, version != recent, predicted, version))
+                query_cost = cost + intercept / max(batch_rows, rows, 1)
+                fits.append((query_cost, False, version != recent, predicted, version))
                 cheapest = min(cheapest, query_cost)
-            elif state is None and idle_ms <= bound and (idle_fit is None or (query_cost, version) < idle_fit):
-                idle_fit = (query_cost, version)
+        idle = self._idle_view(rows, minimum, bound)
+        for query_cost, predicted, version in idle.fits:
+            if version not in live:
+                fits.append((query_cost, True, version != recent, predicted, version))
+                cheapest = min(cheapest, query_cost)
         if not fits:
             choice = choose_variant(self._profiles, live, slo, rows, self._max_batch, recent)
             self.recent = VersionId(choice.variant)
             return choice, None
-        ceiling = cheapest * (1 + COST_TOLERANCE)
-        _, _, predicted, version = min(f[1:] for f in fits if f[0] <= ceiling)  # loaded, recent, faster
+        if len(fits) == 1:
+            _, _, _, predicted, version = fits[0]
+        else:
+            ceiling = cheapest * (1 + COST_TOLERANCE)
+            _, _, predicted, version = min(f[1:] for f in fits if f[0] <= ceiling)  # loaded, recent, faster
         self.recent = version
-        cheaper = idle_fit[1] if idle_fit is not None and idle_fit[0] * (1 + COST_TOLERANCE) < cheapest else None
+        cheaper = None
+        for query_cost, candidate_version in idle.startable:  # by query cost: the first not running
+            if candidate_version not in live:
+                if query_cost * (1 + COST_TOLERANCE) < cheapest:
+                    cheaper = candidate_version
+                break
         return Choice(version, predicted), cheaper
+
+    def _idle_view(self, rows: int, minimum: float | None, bound: float) -> _IdleView:
+        key = (rows, minimum, bound)
+        view = self._idle.get(key)
+        if view is None:
+            fits: list[tuple[float, float, VersionId]] = []
+            startable: list[tuple[float, VersionId]] = []
+            for version, (cost, accuracy, intercept, per_row, load_ms) in self._static.items():
+                if minimum is not None and (accuracy is None or accuracy < minimum):
+                    continue
+                idle_ms = intercept + per_row * rows
+                query_cost = cost + intercept / max(rows, 1)
+                if idle_ms + load_ms <= bound:  # fits even with its cold start
+                    fits.append((query_cost, idle_ms + load_ms, version))
+                elif idle_ms <= bound:
+                    startable.append((query_cost, version))
+            view = _IdleView(tuple(fits), tuple(sorted(startable)))
+            if len(self._idle) >= _IDLE_VIEWS:
+                self._idle.clear()
+            self._idle[key] = view
+        return view
+
+
+_IDLE_VIEWS = 1024
+"""Distinct (rows, SLO) pairs remembered per model; past it the memory starts again."""
+
+
+@dataclass(frozen=True, slots=True)
+class _IdleView:
+    """For one (rows, accuracy floor, latency bound): each accurate variant as it would be if not running."""
+
+    fits: tuple[tuple[float, float, VersionId], ...]
+    """(query cost, predicted ms with its cold start, variant) of those that would meet the bound even so."""
+    startable: tuple[tuple[float, VersionId], ...]
+    """(query cost, variant), cheapest first, of those that would meet it once started, not with a cold start."""
 
 
 def _predict_ms(intercept: float, per_row: float, state: LiveState, rows: int, max_batch: int) -> tuple[float, int]:
