@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sloserve import __version__
@@ -25,16 +25,10 @@ from sloserve.dataplane.selector import AdmissionRefused, VariantChooser
 from sloserve.dataplane.slo import request_slo
 from sloserve.dataplane.splitter import MAX_CHUNKS, scatter_gather
 from sloserve.dataplane.validation import check_request
-from sloserve.errors import (
-    InvalidArgumentError,
-    NotFoundError,
-    ResourceExhaustedError,
-    SloserveError,
-    UnavailableError,
-)
+from sloserve.errors import NotFoundError, ResourceExhaustedError, SloserveError, UnavailableError
 from sloserve.metrics import ServingMetrics
 from sloserve.policy.autoscale import VariantLoad, capacity_within_slo
-from sloserve.policy.selection import Choice, Slo
+from sloserve.policy.selection import Slo
 from sloserve.protocol.types import InferRequest, InferResponse, Tensor
 from sloserve.types import ModelName, VersionId
 from sloserve.variant import VariantProfile
@@ -235,7 +229,7 @@ class DataPlane:
         max_rows = split_rows * MAX_CHUNKS if split_rows > 0 else None
         inputs, rows, output_names = check_request(request, config, max_rows)
         if not request.model_version and view.loaded.profiles:
-            version = self._select(view, slo, rows, (self._clock.now() - started) * 1e3)
+            version = self._select(view, slo, rows)
         host = await self._host(name, version)
         host.routed(rows)
         deadline = None if slo.latency_ms is None or slo.best_effort else started + slo.latency_ms / 1e3
@@ -283,13 +277,12 @@ class DataPlane:
         self._metrics.slo_outcome(name, host.version, met)
         return self._response(request, host, output_names, result, slo_met=met)
 
-    def _select(self, view: _ModelView, slo: Slo, rows: int, waited_ms: float) -> VersionId:
-        """The variant for an unpinned query of a registered model (admission control included), for what
-        is left of its latency SLO after the ``waited_ms`` since the server received it."""
+    def _select(self, view: _ModelView, slo: Slo, rows: int) -> VersionId:
+        """The variant for an unpinned query of a registered model (admission control included)."""
         loaded = view.loaded
         name = loaded.name
         try:
-            choice, cheaper = self._choose(view, slo, rows, waited_ms)
+            choice, cheaper = view.chooser.choose(view.hosts, slo, rows)
         except AdmissionRefused as refused:
             self._metrics.request_rejected(name, "slo_overloaded")
             host = view.hosts.get(VersionId(refused.variant))
@@ -307,30 +300,6 @@ class DataPlane:
             key = (name, cheaper)
             self._wanted[key] = self._wanted.get(key, 0) + rows
         return VersionId(choice.variant)
-
-    @staticmethod
-    def _choose(view: _ModelView, slo: Slo, rows: int, waited_ms: float) -> tuple[Choice, VersionId | None]:
-        """Choose for what is left of the SLO. A query that only the wait made impossible is refused as
-        overload (429: retry), not as an SLO no variant can meet (400)."""
-        chooser = view.chooser
-        if slo.latency_ms is None or slo.best_effort or waited_ms <= 0:
-            return chooser.choose(view.hosts, slo, rows)
-        left = replace(slo, latency_ms=max(slo.latency_ms - waited_ms, 0.0))
-        try:
-            return chooser.choose(view.hosts, left, rows)
-        except AdmissionRefused:
-            raise
-        except InvalidArgumentError:
-            recent = chooser.recent
-            try:
-                choice, _ = chooser.choose(view.hosts, slo, rows)  # raises if the SLO itself is impossible
-            finally:
-                chooser.recent = recent
-            raise AdmissionRefused(
-                f"overloaded: the request waited {waited_ms:.1f} ms for the server before it could be read, "
-                f"too much of its {slo.latency_ms:g} ms latency SLO; retry later",
-                choice.variant,
-            ) from None
 
     @staticmethod
     def _response(
