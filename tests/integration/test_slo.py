@@ -131,6 +131,30 @@ def test_an_impossible_slo_is_refused_with_the_closest_variants_unless_best_effo
         assert infer(server, x[:1], **bad).status_code == 400
 
 
+def test_a_query_that_waited_out_its_slo_before_it_was_read_is_refused_as_overload(
+    server: ServerThread, family: Any
+) -> None:
+    """The SLO counts from the request's first bytes: one whose body took longer than its SLO to arrive
+    is refused at once with 429 (retry), before any work is spent on it, not served late."""
+    _, _, _, x = family
+    body = orjson.dumps(
+        {
+            "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": x[0].tolist()}],
+            "parameters": {"latency_slo_ms": 20, "min_accuracy": 0.5},
+        }
+    )
+    host, port = server.http_url.split(":")
+    with socket.create_connection((host, int(port))) as conn:
+        head = f"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        conn.sendall(head.encode() + body[:10])
+        time.sleep(0.05)  # 50 ms before the rest of the body: more than the 20 ms SLO
+        conn.sendall(body[10:])
+        answer = conn.recv(65536).decode()
+    assert answer.startswith("HTTP/1.1 429"), answer
+    assert "retry-after" in answer.lower() and "waited" in answer
+    assert infer(server, x[:1], latency_slo_ms=20, min_accuracy=0.5).status_code == 200  # sent at once: served
+
+
 def test_grpc_carries_the_slo_and_the_answer(server: ServerThread, family: Any) -> None:
     _, _, records, x = family
     client = grpcclient.InferenceServerClient(server.grpc_url)

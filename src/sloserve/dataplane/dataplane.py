@@ -225,6 +225,14 @@ class DataPlane:
         view, version = self._view(name, request.model_version)
         config = view.loaded.config
         slo = request_slo(request.parameters, config.default_slo, _reference_accuracy(view.loaded))
+        if slo.latency_ms is not None and not slo.best_effort and slo.latency_ms > view.chooser.fastest_ms:
+            waited_ms = (self._clock.now() - started) * 1e3
+            if waited_ms >= slo.latency_ms:  # spent before it could even be read: no work can save it
+                self._metrics.request_rejected(name, "slo_overloaded")
+                raise ResourceExhaustedError(
+                    f"overloaded: the request waited {waited_ms:.1f} ms for the server to read it, past its "
+                    f"{slo.latency_ms:g} ms latency SLO; retry later"
+                )
         split_rows = config.max_batch_size
         max_rows = split_rows * MAX_CHUNKS if split_rows > 0 else None
         inputs, rows, output_names = check_request(request, config, max_rows)

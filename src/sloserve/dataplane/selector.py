@@ -148,6 +148,8 @@ class VariantChooser:
             for v, p in self._profiles.items()
         }
         self._idle: dict[tuple[int, float | None, float], _IdleView] = {}
+        self.fastest_ms = min((p.latency_intercept_ms + p.latency_per_row_ms for p in profiles.values()), default=0.0)
+        """The profiled latency of a one-row batch on the fastest variant (0: no profiles)."""
         self.recent: VersionId | None = None
         """The variant chosen for the previous query."""
 

@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 from sloserve.catalog import CatalogSnapshot, LoadedModel, RunningVersion
 from sloserve.dataplane.cache import ENTRY_OVERHEAD_BYTES, PredictionCache, input_digest
 from sloserve.dataplane.dataplane import DataPlane
-from sloserve.errors import DeadlineExceededError, InvalidArgumentError
+from sloserve.errors import InvalidArgumentError, ResourceExhaustedError
 from sloserve.metrics import ServingMetrics
 from sloserve.model_config import CacheConfig, HedgingConfig, ModelConfig, TensorSpec
 from sloserve.protocol.types import InferRequest, Tensor
@@ -219,13 +219,13 @@ async def test_a_request_larger_than_the_best_batch_is_split_and_answered_in_ord
 
 async def test_a_latency_slo_counts_from_when_the_server_received_the_request() -> None:
     """A request that waited in a busy front end before the data plane saw it has spent that much of its
-    SLO: one received longer ago than its SLO is dropped before compute, not served late."""
+    SLO: one received longer ago than its SLO is refused as overload before any work, not served late."""
     plane, fakes, clock = await plane_with(CONFIG)
     x = np.array([[1.0, 2.0]], np.float32)
     late = infer_request(x)
     late.parameters = {"latency_slo_ms": 5}
     late.received_s = clock.now() - 0.006
-    with pytest.raises(DeadlineExceededError, match="dropped before compute"):
+    with pytest.raises(ResourceExhaustedError, match=r"waited 6\.0 ms"):
         await plane.infer(late)
     assert not any(f.batches for f in fakes)
     in_time = infer_request(x)
