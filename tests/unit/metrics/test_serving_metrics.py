@@ -37,3 +37,18 @@ def test_per_query_slo_counters_add_up_when_read() -> None:
     assert 'sloserve_slo_requests_total{met="true",model="m",variant="int8"} 2.0' in text
     m.variant_selected("m", "int8")
     assert 'sloserve_variant_selections_total{model="m",variant="int8"} 4.0' in m.exposition().decode()
+
+
+def test_histograms_count_a_value_in_every_bucket_it_does_not_exceed() -> None:
+    m = ServingMetrics()
+    m.batch_executed("m", rows=4, compute_s=0.001)  # exactly on the 4-row and the 1 ms bounds
+    m.batch_executed("m", rows=5000, compute_s=20.0)  # past the last bound of each
+    text = m.exposition().decode()
+    assert 'sloserve_batch_size_bucket{le="2.0",model="m"} 0.0' in text
+    assert 'sloserve_batch_size_bucket{le="4.0",model="m"} 1.0' in text
+    assert 'sloserve_batch_size_bucket{le="1024.0",model="m"} 1.0' in text
+    assert 'sloserve_batch_size_bucket{le="+Inf",model="m"} 2.0' in text
+    assert 'sloserve_batch_size_sum{model="m"} 5004.0' in text
+    assert 'sloserve_compute_duration_seconds_bucket{le="0.0005",model="m"} 0.0' in text
+    assert 'sloserve_compute_duration_seconds_bucket{le="0.001",model="m"} 1.0' in text
+    assert 'sloserve_compute_duration_seconds_count{model="m"} 2.0' in text
