@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sloserve.clock import Clock, SystemClock
 from sloserve.cluster.faults import faults_from_env
+from sloserve.cluster.inline import InlineReplica, runs_inline
 from sloserve.cluster.local import LocalReplica
 from sloserve.cluster.ray.cluster import RayCluster
 from sloserve.control.autoscaler import Autoscaler
@@ -40,13 +41,18 @@ log = logging.getLogger(__name__)
 
 
 def local_replica(config: ModelConfig, artifact: Path, index: int) -> Replica:
+    """A replica on this machine: in the server's process for a small model (``replica_kind``), else a worker
+    process of its own (always when faults are injected: they act in workers)."""
     replica_id = f"{config.name}-{artifact.parent.name}-{index}"
+    faults = faults_from_env(replica_id)  # SLOSERVE_FAULTS: server-side only, for tests and benchmarks
+    if faults is None and runs_inline(config.replica_kind, artifact):
+        return InlineReplica(ReplicaId(replica_id), artifact)
     return LocalReplica(
         ReplicaId(replica_id),
         artifact,
         intra_op_threads=config.intra_op_threads,
         max_batch_rows=max(config.max_batch_size, 1),
-        faults=faults_from_env(replica_id),  # SLOSERVE_FAULTS: server-side only, for tests and benchmarks
+        faults=faults,
     )
 
 

@@ -17,6 +17,8 @@ from sloserve.errors import InvalidArgumentError
 from sloserve.types import ModelName
 
 PLATFORM_ONNX = "onnx_onnxv1"
+REPLICA_AUTO, REPLICA_INLINE, REPLICA_PROCESS = "auto", "inline", "process"
+REPLICA_KINDS = (REPLICA_AUTO, REPLICA_INLINE, REPLICA_PROCESS)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
@@ -88,6 +90,10 @@ class ModelConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     hedging: HedgingConfig = field(default_factory=HedgingConfig)
     default_slo: SloConfig = field(default_factory=SloConfig)
+    replica_kind: str = REPLICA_AUTO
+    """Where a replica runs: ``process`` (a worker process of its own), ``inline`` (in the server's process,
+    on its event loop: no round trip per batch, for models whose batches take well under a millisecond), or
+    ``auto`` (inline when the variant's files hold at most 1 MiB)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +108,7 @@ class ModelConfig:
             "cache": asdict(self.cache),
             "hedging": asdict(self.hedging),
             "default_slo": asdict(self.default_slo),
+            "replica_kind": self.replica_kind,
         }
 
     def input(self, name: str) -> TensorSpec | None:
@@ -173,6 +180,7 @@ def parse_model_config(raw: Any) -> ModelConfig:
             "cache",
             "hedging",
             "default_slo",
+            "replica_kind",
         },
         "",
     )
@@ -203,6 +211,10 @@ def parse_model_config(raw: Any) -> ModelConfig:
         max_queue_size=_int(batching_raw, "max_queue_size", "dynamic_batching.", 1024, 1),
         max_slo_hold_us=_int(batching_raw, "max_slo_hold_us", "dynamic_batching.", 2000, 0),
     )
+    replica_kind = raw.get("replica_kind", REPLICA_AUTO)
+    _expect(
+        replica_kind in REPLICA_KINDS, "replica_kind", f"expected one of {list(REPLICA_KINDS)}, got {replica_kind!r}"
+    )
     return ModelConfig(
         name=validate_model_name(str(name)),
         platform=PLATFORM_ONNX,
@@ -215,6 +227,7 @@ def parse_model_config(raw: Any) -> ModelConfig:
         cache=_section(raw, "cache", CacheConfig()),
         hedging=_section(raw, "hedging", HedgingConfig()),
         default_slo=_section(raw, "default_slo", SloConfig()),
+        replica_kind=str(replica_kind),
     )
 
 

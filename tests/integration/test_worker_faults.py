@@ -26,6 +26,7 @@ def _repository_with_instances(source: Path, target: Path, instances: int) -> Pa
     config_path = target / "digits" / "config.json"
     config = json.loads(config_path.read_text())
     config["instance_count"] = instances
+    config["replica_kind"] = "process"  # worker processes, to kill (the default runs a model this small inline)
     config_path.write_text(json.dumps(config))
     return target
 
@@ -75,19 +76,22 @@ def test_sigkill_under_load_loses_nothing(
             i += 8
         client.close()
 
+    assert old_pid is not None, "the replica runs no worker process"
     threads = [threading.Thread(target=load, args=(w,)) for w in range(8)]
     for t in threads:
         t.start()
-    time.sleep(0.5)
-    before_kill = answered[0]
-    os.kill(old_pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (victim.healthy and victim.pid != old_pid):
-        time.sleep(0.05)
-    time.sleep(0.5)  # keep the load on the restarted worker for a moment
-    stop.set()
-    for t in threads:
-        t.join(30)
+    try:
+        time.sleep(0.5)
+        before_kill = answered[0]
+        os.kill(old_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (victim.healthy and victim.pid != old_pid):
+            time.sleep(0.05)
+        time.sleep(0.5)  # keep the load on the restarted worker for a moment
+    finally:  # a failure above must not leave the load running (the test run would never end)
+        stop.set()
+        for t in threads:
+            t.join(30)
     assert failures == []
     assert before_kill > 0 and answered[0] > before_kill
     assert victim.healthy and victim.pid != old_pid and victim.restarts == 1

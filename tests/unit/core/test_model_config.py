@@ -24,7 +24,9 @@ def test_a_good_config_round_trips() -> None:
     assert config.batching.max_slo_hold_us == 500
     assert parse_model_config({**GOOD, "dynamic_batching": {}}).batching.max_slo_hold_us == 2000  # the default
     assert config.instance_count == 2
+    assert config.replica_kind == "auto"  # the default
     assert parse_model_config(config.to_dict()) == config
+    assert parse_model_config({**GOOD, "replica_kind": "process"}).replica_kind == "process"
 
 
 @pytest.mark.parametrize(
@@ -42,6 +44,7 @@ def test_a_good_config_round_trips() -> None:
         ({"dynamic_batching": {"max_slo_hold_us": -1}}, "max_slo_hold_us"),
         ({"dynamic_batching": {"delay": 1}}, "unknown keys"),
         ({"colour": "blue"}, "unknown keys"),
+        ({"replica_kind": "thread"}, "replica_kind: expected one of"),
         ({"name": "bad/name"}, "invalid model name"),
     ],
 )
