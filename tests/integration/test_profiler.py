@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,13 @@ def digits(repository: Path) -> tuple[Path, ModelConfig, Array, Array]:
     return repo.artifact("digits", "1"), repo.read_config("digits"), data["X"], data["y"]
 
 
+@pytest.mark.parametrize("kind", ["process", "auto"])
 async def test_profile_of_the_digits_model(
-    digits: tuple[Path, ModelConfig, Array, Array], digits_reference: ort.InferenceSession
+    kind: str, digits: tuple[Path, ModelConfig, Array, Array], digits_reference: ort.InferenceSession
 ) -> None:
+    """Measured in the replica the server will use: a worker process, or (auto, a model this small) inline."""
     artifact, config, x, y = digits
+    config = replace(config, replica_kind=kind)
     messages: list[str] = []
     profile = await profile_variant(
         artifact,
@@ -60,7 +64,10 @@ async def test_profile_of_the_digits_model(
         settings=SHORT,
         progress=messages.append,
     )
-    assert_gone(worker_pid(messages))
+    if kind == "process":
+        assert_gone(worker_pid(messages))
+    else:
+        assert messages[0].endswith("(inline)")
 
     assert sorted(profile.latency_ms) == list(SIZES)
     for stats in profile.latency_ms.values():
@@ -74,7 +81,8 @@ async def test_profile_of_the_digits_model(
     assert rows_per_ms[profile.best_batch] == max(rows_per_ms.values())
 
     assert profile.throughput_sps > 0
-    assert profile.memory_mb > 10
+    # a worker: its whole process; inline: what loading the model added here, at least its weights
+    assert profile.memory_mb > 10 if kind == "process" else profile.memory_mb >= artifact.stat().st_size / 2**20
     assert profile.load_ms > 0
     assert profile.cost_cpu_s_per_1k > 0
     assert profile.size_bytes == artifact.stat().st_size
@@ -145,6 +153,7 @@ async def test_the_worker_is_stopped_when_the_model_fails(tmp_path: Path) -> Non
         inputs=(TensorSpec("x", "FP32", (-1, 4)),),
         outputs=(TensorSpec("y", "FP32", (-1, 4)),),
         max_batch_size=8,
+        replica_kind="process",
     )
     messages: list[str] = []
     with pytest.raises(SloserveError):

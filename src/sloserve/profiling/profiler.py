@@ -1,9 +1,15 @@
-"""The profiler: measure one variant in a serving worker and produce its :class:`VariantProfile`.
+"""The profiler: measure one variant as the server will run it and produce its :class:`VariantProfile`.
 
-The variant runs in a :class:`~sloserve.cluster.local.LocalReplica`, the same
-worker process the server uses, and every call is timed in this (the parent)
-process, so the numbers include the inter-process hand-off the server will pay.
-Calls are made one at a time: a latency is one batch's, never a queue's.
+The variant runs in the kind of replica the server will give it (the model
+config's ``replica_kind``): a :class:`~sloserve.cluster.local.LocalReplica`, the
+same worker process the server uses, timed from this (the parent) process so the
+numbers include the inter-process hand-off the server will pay; or, for a small
+variant, an :class:`~sloserve.cluster.inline.InlineReplica` in this process,
+whose CPU cost is this thread's time and whose memory is what loading it added
+(at least its weights). Calls are made one at a time: a latency is one batch's,
+never a queue's. Reference outputs (:func:`reference_outputs`, the user's own
+model, run first) always come from a worker: a model that crashes the runtime
+takes only the worker down.
 
 Steps, for one variant::
 
@@ -47,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from sloserve.clock import Clock, SystemClock
+from sloserve.cluster.inline import InlineReplica, runs_inline
 from sloserve.cluster.local import LocalReplica
 from sloserve.datatypes import numpy_dtype
 from sloserve.errors import InvalidArgumentError
@@ -54,6 +61,7 @@ from sloserve.model_config import ModelConfig, TensorSpec
 from sloserve.profiling.accuracy import measure_accuracy
 from sloserve.profiling.graph_stats import read_graph_stats
 from sloserve.profiling.latency import best_batch, default_batch_sizes, fit_latency, measure_latencies
+from sloserve.replica import Replica
 from sloserve.types import ReplicaId
 from sloserve.variant import LatencyStats, Task, VariantProfile
 
@@ -188,7 +196,15 @@ def _replica(artifact: Path, config: ModelConfig, threads: int, rows: int) -> Lo
     )
 
 
-async def _run_all(replica: LocalReplica, config: ModelConfig, validation: Mapping[str, Array]) -> dict[str, Array]:
+def _serving_replica(artifact: Path, config: ModelConfig, threads: int, rows: int) -> LocalReplica | InlineReplica:
+    """A replica of the kind the server will run ``artifact`` in (``replica_kind``), so the profile measures
+    what serving costs: a small variant served inline has no worker round trip in its latency or cost."""
+    if runs_inline(config.replica_kind, artifact):
+        return InlineReplica(ReplicaId(f"profile-{config.name}"), artifact)
+    return _replica(artifact, config, threads, rows)
+
+
+async def _run_all(replica: Replica, config: ModelConfig, validation: Mapping[str, Array]) -> dict[str, Array]:
     """Every validation row through the worker, in ``max_batch_size`` chunks, outputs concatenated."""
     names = _output_names(config)
     if config.max_batch_size == 0:
@@ -243,15 +259,16 @@ async def profile_variant(
     _check_rows(batches.validation, labels, reference_outputs)
     names = _output_names(config)
     graph = await asyncio.to_thread(read_graph_stats, artifact)
-    replica = _replica(artifact, config, settings.intra_op_threads, max(*sizes, config.max_batch_size))
+    replica = _serving_replica(artifact, config, settings.intra_op_threads, max(*sizes, config.max_batch_size))
     peak_mb: float | None = None
+    rss_before = _own_rss_mb()
     try:
         started = clock.now()
         await replica.start()
         await replica.run(batches.batch(sizes[0]), names)
         load_ms = (clock.now() - started) * 1000.0
         pid = replica.pid
-        say(f"loaded in {load_ms:.0f} ms (worker pid {pid})")
+        say(f"loaded in {load_ms:.0f} ms ({'inline' if pid is None else f'worker pid {pid}'})")
         for i in range(settings.warmup):
             await replica.run(batches.batch(sizes[i % len(sizes)]), names)
 
@@ -277,6 +294,9 @@ async def profile_variant(
             say(f"accuracy: {accuracy:.4f} ({kind.value})" if accuracy is not None and kind else "accuracy: unknown")
         if pid is not None:
             peak_mb = _peak_rss_mb(pid)
+        elif rss_before is not None and (rss_after := _own_rss_mb()) is not None:
+            # inline: what loading and running it added here, at least its weights (freed memory is reused)
+            peak_mb = max(rss_after - rss_before, graph.size_bytes / 2**20)
     finally:
         await replica.stop()
     memory_mb = peak_mb if peak_mb is not None else _children_peak_rss_mb()
@@ -304,11 +324,15 @@ def _silent(message: str) -> None:
 
 
 async def _closed_loop(
-    replica: LocalReplica, batch: Feed, names: Sequence[str], rows: int, settings: ProfileSettings, clock: Clock
+    replica: Replica, batch: Feed, names: Sequence[str], rows: int, settings: ProfileSettings, clock: Clock
 ) -> tuple[float, float]:
-    """Rows per second and worker CPU seconds per 1,000 rows, one call after another."""
-    pid = replica.pid
-    cpu_before = process_cpu_s(pid) if pid is not None else None
+    """Rows per second and the replica's CPU seconds per 1,000 rows (its worker's, or this thread's when it
+    runs inline), one call after another."""
+    pid = getattr(replica, "pid", None)
+    cpu_s_now: Callable[[], float | None] = (
+        functools.partial(process_cpu_s, pid) if pid is not None else time.thread_time
+    )
+    cpu_before = cpu_s_now()
     started = clock.now()
     done = 0
     while True:
@@ -317,7 +341,7 @@ async def _closed_loop(
         elapsed = clock.now() - started
         if elapsed >= settings.seconds_per_batch:
             break
-    cpu_after = process_cpu_s(pid) if pid is not None else None
+    cpu_after = cpu_s_now()
     cpu_s = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else elapsed
     return done / elapsed, cpu_s / done * 1000.0
 
@@ -347,6 +371,13 @@ def _peak_rss_mb(pid: int) -> float | None:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024.0
+    return None
+
+
+def _own_rss_mb() -> float | None:
+    """Resident memory of this process now (MB), Linux only."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     return None
 
 
