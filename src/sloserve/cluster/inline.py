@@ -65,6 +65,9 @@ class InlineReplica:
     ``start`` loads the model in a thread (the event loop keeps serving meanwhile); ``run`` computes
     the batch on the caller's thread and returns every output when given no names."""
 
+    inline = True
+    """Runs on the event loop (variant selection counts the queues of all such replicas as one)."""
+
     def __init__(self, replica_id: ReplicaId, model_path: Path) -> None:
         self._id = replica_id
         self._model_path = model_path

@@ -47,6 +47,9 @@ class VersionHost:
     ) -> None:
         self.config = config
         self.running = running
+        self.inline = any(getattr(r, "inline", False) for r in running.replicas)
+        """Its replicas run on the event loop (``InlineReplica.inline``): selection counts their queue as the
+        loop's. A host's replicas never change (a new set gets a new host)."""
         self.version = running.version
         self.stats = ModelStats(name=config.name, version=running.version)
         name = config.name

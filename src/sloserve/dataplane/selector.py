@@ -25,6 +25,7 @@ from sloserve.policy.selection import (
     Candidate,
     Choice,
     Slo,
+    accurate_enough,
     best_effort,
     describe,
     feasible_when_idle,
@@ -63,6 +64,27 @@ class LiveState(Protocol):
     @property
     def running_ms(self) -> float: ...
 
+    @property
+    def inline(self) -> bool:
+        """Its replicas run on the server's event loop (:class:`~sloserve.cluster.inline.InlineReplica`), taking
+        turns with every other inline variant's batches."""
+        ...
+
+
+def loop_queue_ms(
+    profiles: Mapping[VersionId, VariantProfile], live: Mapping[VersionId, LiveState], max_batch: int
+) -> float:
+    """The work queued on the event loop: the sum of the queueing delays of the running variants that run
+    inline. They take turns on one thread, so each of them, and any variant started next to them (it would run
+    inline too: the variants of one model are of a size), waits for all of it, not for its own queue alone;
+    spreading load across them adds no capacity. 0 when none runs inline."""
+    total = 0.0
+    for version, state in live.items():
+        profile = profiles.get(version)
+        if profile is not None and state.inline:
+            total += _queue_ms(profile.latency_intercept_ms, profile.latency_per_row_ms, state, max_batch)
+    return total
+
 
 def candidate(
     version: VersionId,
@@ -71,7 +93,9 @@ def candidate(
     rows: int,
     max_batch: int,
     recent: VersionId | None = None,
+    loop_ms: float = 0.0,
 ) -> Candidate:
+    """``loop_ms``: :func:`loop_queue_ms`, the queue of a variant that runs inline or is not running."""
     model = LatencyModel(profile.latency_intercept_ms, profile.latency_per_row_ms)
     if live is None:
         return Candidate(
@@ -82,6 +106,7 @@ def candidate(
             profile.cost_cpu_s_per_1k,
             loaded=False,
             load_ms=profile.load_ms,
+            queue_ms=loop_ms,
             batch_rows=rows,
             recent=version == recent,
         )
@@ -94,7 +119,9 @@ def candidate(
         model.per_row_ms,
         profile.cost_cpu_s_per_1k,
         loaded=True,
-        queue_ms=queue_delay_ms(
+        queue_ms=loop_ms
+        if live.inline
+        else queue_delay_ms(
             live.queued_rows, live.busy, live.replica_count, limit, corrected, running_ms=live.running_ms / 2
         ),
         batch_rows=expected_batch_rows(live.queued_rows, rows, limit),
@@ -113,7 +140,8 @@ def choose_variant(
 ) -> Choice:
     """The variant to serve this query, or the error that refuses it (``recent``: the variant that served the
     model's previous query)."""
-    candidates = [candidate(v, p, live.get(v), rows, max_batch, recent) for v, p in profiles.items()]
+    loop_ms = loop_queue_ms(profiles, live, max_batch)
+    candidates = [candidate(v, p, live.get(v), rows, max_batch, recent, loop_ms) for v, p in profiles.items()]
     choice = select_variant(candidates, slo, rows)
     if isinstance(choice, Choice):
         return choice
@@ -125,7 +153,15 @@ def choose_variant(
             f"no variant can meet latency_slo_ms={slo.latency_ms} and min_accuracy={slo.min_accuracy} "
             f'even on an idle server: {describe(idle)}. Relax the SLO or send "best_effort": true'
         )
-    raise AdmissionRefused(f"overloaded: {describe(choice)}; retry later", idle.variant)
+    quickest_ms, quickest = min((c.predict_ms(rows), c.id) for c in candidates if accurate_enough(c, slo))
+    raise AdmissionRefused(_overloaded(slo, quickest, quickest_ms), idle.variant)
+
+
+def _overloaded(slo: Slo, quickest: str, quickest_ms: float) -> str:
+    return (
+        f"overloaded: no variant accurate enough is predicted to finish within {slo.latency_ms} ms now (the "
+        f"quickest, {quickest}, in ~{quickest_ms:.2f} ms); retry later"
+    )
 
 
 class VariantChooser:
@@ -167,24 +203,39 @@ class VariantChooser:
         cheapest = math.inf
         fits: list[tuple[float, bool, bool, float, VersionId]] = []
         static = self._static
-        for version, state in live.items():
+        max_batch = self._max_batch
+        loop_ms = 0.0
+        running: list[tuple[VersionId, float, float, float, float, bool, int, int, float]] = []
+        for version, state in live.items():  # each live value read once: they are properties of the host
             known = static.get(version)
             if known is None:
                 continue
             cost, accuracy, intercept, per_row, _ = known
-            if minimum is not None and (accuracy is None or accuracy < minimum):
-                continue
-            predicted, batch_rows = _predict_ms(intercept, per_row, state, rows, self._max_batch)
+            correction, queued = state.correction, state.queued_rows
+            limit = max(1, min(state.batch_limit, max_batch or 1))
+            queue_ms = _queue_delay(intercept, per_row, correction, queued, limit, state.busy, state, max_batch)
+            inline = state.inline
+            if inline:
+                loop_ms += queue_ms
+            if minimum is None or (accuracy is not None and accuracy >= minimum):
+                running.append((version, cost, intercept, per_row, queue_ms, inline, queued, limit, correction))
+        for version, cost, intercept, per_row, queue_ms, inline, queued, limit, correction in running:
+            batch_rows = max(rows, min(limit, queued + rows))
+            predicted = (loop_ms if inline else queue_ms) + correction * (intercept + per_row * batch_rows) + 0.0
             if predicted <= bound:
                 query_cost = cost + intercept / max(batch_rows, rows, 1)
                 fits.append((query_cost, False, version != recent, predicted, version))
-                cheapest = min(cheapest, query_cost)
+                if query_cost < cheapest:
+                    cheapest = query_cost
         idle = self._idle_view(rows, minimum, bound)
-        for query_cost, predicted, version in idle.fits:
-            if version not in live:
+        for query_cost, idle_ms, load_ms, version in idle.fits:
+            predicted = loop_ms + idle_ms + load_ms
+            if version not in live and predicted <= bound:
                 fits.append((query_cost, True, version != recent, predicted, version))
                 cheapest = min(cheapest, query_cost)
         if not fits:
+            if not slo.best_effort and idle.feasible:  # overloaded: refused here, at a few µs (not the full policy)
+                raise AdmissionRefused(self._overloaded(live, idle, slo, rows, loop_ms), _idle_choice(idle))
             choice = choose_variant(self._profiles, live, slo, rows, self._max_batch, recent)
             self.recent = VersionId(choice.variant)
             return choice, None
@@ -202,22 +253,44 @@ class VariantChooser:
                 break
         return Choice(version, predicted), cheaper
 
+    def _overloaded(
+        self, live: Mapping[VersionId, LiveState], idle: _IdleView, slo: Slo, rows: int, loop_ms: float
+    ) -> str:
+        """:func:`choose_variant`'s refusal message: the quickest accurate variant now, running or not."""
+        best: tuple[float, VersionId] | None = None
+        for idle_ms, load_ms, version in idle.accurate:
+            state = live.get(version)
+            if state is None:
+                predicted = loop_ms + idle_ms + load_ms
+            else:
+                known = self._static[version]
+                predicted = _predict_ms(known[2], known[3], state, rows, self._max_batch, loop_ms)[0]
+            if best is None or (predicted, version) < best:
+                best = (predicted, version)
+        assert best is not None  # the caller saw a feasible variant, so an accurate one
+        return _overloaded(slo, best[1], best[0])
+
     def _idle_view(self, rows: int, minimum: float | None, bound: float) -> _IdleView:
         key = (rows, minimum, bound)
         view = self._idle.get(key)
         if view is None:
-            fits: list[tuple[float, float, VersionId]] = []
+            fits: list[tuple[float, float, float, VersionId]] = []
             startable: list[tuple[float, VersionId]] = []
+            accurate: list[tuple[float, float, VersionId]] = []
+            feasible: list[tuple[float, float, VersionId]] = []
             for version, (cost, accuracy, intercept, per_row, load_ms) in self._static.items():
                 if minimum is not None and (accuracy is None or accuracy < minimum):
                     continue
                 idle_ms = intercept + per_row * rows
                 query_cost = cost + intercept / max(rows, 1)
+                accurate.append((idle_ms, load_ms, version))
+                if idle_ms <= bound:
+                    feasible.append((query_cost, idle_ms, version))
                 if idle_ms + load_ms <= bound:  # fits even with its cold start
-                    fits.append((query_cost, idle_ms + load_ms, version))
+                    fits.append((query_cost, idle_ms, load_ms, version))
                 elif idle_ms <= bound:
                     startable.append((query_cost, version))
-            view = _IdleView(tuple(fits), tuple(sorted(startable)))
+            view = _IdleView(tuple(fits), tuple(sorted(startable)), tuple(accurate), tuple(feasible))
             if len(self._idle) >= _IDLE_VIEWS:
                 self._idle.clear()
             self._idle[key] = view
@@ -232,31 +305,62 @@ _IDLE_VIEWS = 1024
 class _IdleView:
     """For one (rows, accuracy floor, latency bound): each accurate variant as it would be if not running."""
 
-    fits: tuple[tuple[float, float, VersionId], ...]
-    """(query cost, predicted ms with its cold start, variant) of those that would meet the bound even so."""
+    fits: tuple[tuple[float, float, float, VersionId], ...]
+    """(query cost, predicted ms, cold start ms, variant) of those that would meet the bound even with their cold
+    start (and, per query, with the event loop's queue: :func:`loop_queue_ms`)."""
     startable: tuple[tuple[float, VersionId], ...]
     """(query cost, variant), cheapest first, of those that would meet it once started, not with a cold start."""
+    accurate: tuple[tuple[float, float, VersionId], ...]
+    """(predicted ms, cold start ms, variant) of every variant accurate enough."""
+    feasible: tuple[tuple[float, float, VersionId], ...]
+    """(query cost, predicted ms, variant) of those that would meet the bound on an idle server, started: when
+    none fits now, the query is refused as overload (429) if there are any, else as impossible (400)."""
 
 
-def _predict_ms(intercept: float, per_row: float, state: LiveState, rows: int, max_batch: int) -> tuple[float, int]:
+def _idle_choice(view: _IdleView) -> VersionId:
+    """``select_variant`` over the feasible variants as on an idle server: the variant a refused query would
+    have had (demand for the autoscaler)."""
+    ceiling = min(cost for cost, _, _ in view.feasible) * (1 + COST_TOLERANCE)
+    return min((ms, v) for cost, ms, v in view.feasible if cost <= ceiling)[1]
+
+
+def _queue_ms(intercept: float, per_row: float, state: LiveState, max_batch: int) -> float:
+    """``candidate(...).queue_ms`` of a running variant that does not run inline, in the same operations."""
+    limit = max(1, min(state.batch_limit, max_batch or 1))
+    return _queue_delay(intercept, per_row, state.correction, state.queued_rows, limit, state.busy, state, max_batch)
+
+
+def _queue_delay(
+    intercept: float,
+    per_row: float,
+    correction: float,
+    queued: int,
+    limit: int,
+    busy: int,
+    state: LiveState,
+    max_batch: int,
+) -> float:
+    """:func:`_queue_ms` from values already read (``state`` is read only when its queue is not empty)."""
+    batches_ahead = math.ceil(queued / limit)
+    if batches_ahead == 0 and busy == 0:
+        return 0.0 if state.replica_count > 0 else math.inf
+    replicas = state.replica_count
+    if replicas <= 0:
+        return math.inf
+    if batches_ahead == 0 and min(busy, replicas) < replicas:
+        return 0.0
+    queued_ms = (
+        batches_ahead * (intercept * correction + per_row * correction * min(limit, queued)) if batches_ahead else 0.0
+    )
+    return (state.running_ms / 2 + queued_ms) / replicas
+
+
+def _predict_ms(
+    intercept: float, per_row: float, state: LiveState, rows: int, max_batch: int, loop_ms: float
+) -> tuple[float, int]:
     """``candidate(...).predict_ms(rows)`` for a running variant, in the same operations (so the same float),
     and the batch the query would join."""
-    correction = state.correction
-    queued = state.queued_rows
-    replicas = state.replica_count
+    queue_ms = loop_ms if state.inline else _queue_ms(intercept, per_row, state, max_batch)
     limit = max(1, min(state.batch_limit, max_batch or 1))
-    if replicas <= 0:
-        queue_ms = math.inf
-    else:
-        batches_ahead = math.ceil(queued / limit)
-        if batches_ahead == 0 and min(state.busy, replicas) < replicas:
-            queue_ms = 0.0
-        else:
-            queued_ms = (
-                batches_ahead * (intercept * correction + per_row * correction * min(limit, queued))
-                if batches_ahead
-                else 0.0
-            )
-            queue_ms = (state.running_ms / 2 + queued_ms) / replicas
-    batch_rows = max(rows, min(limit, queued + rows))
-    return queue_ms + correction * (intercept + per_row * max(batch_rows, rows)) + 0.0, batch_rows
+    batch_rows = max(rows, min(limit, state.queued_rows + rows))
+    return queue_ms + state.correction * (intercept + per_row * max(batch_rows, rows)) + 0.0, batch_rows

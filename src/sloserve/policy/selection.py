@@ -68,10 +68,9 @@ class Candidate:
         return self.queue_ms + compute + (0.0 if self.loaded else self.load_ms)
 
     def idle(self) -> Candidate:
-        """The same variant on an idle server: loaded, nothing queued, a batch of its own."""
-        return Candidate(
-            self.id, self.accuracy, self.intercept_ms, self.per_row_ms, self.cost, True, 0.0, 0.0, 1, self.correction
-        )
+        """The same variant on an idle server: loaded, nothing queued, a batch of its own, as profiled (a live
+        correction above 1 is the machine busy now, which is overload, not an impossible SLO)."""
+        return Candidate(self.id, self.accuracy, self.intercept_ms, self.per_row_ms, self.cost, True, 0.0, 0.0, 1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sloserve.dataplane.selector import AdmissionRefused, LiveState, VariantChooser, candidate, choose_variant
+from sloserve.dataplane.selector import (
+    AdmissionRefused,
+    LiveState,
+    VariantChooser,
+    candidate,
+    choose_variant,
+    loop_queue_ms,
+)
 from sloserve.errors import InvalidArgumentError
 from sloserve.policy.selection import COST_TOLERANCE, Choice, Slo
 from sloserve.types import VersionId
@@ -24,6 +31,7 @@ class Live:
     batch_limit: int
     correction: float
     running_ms: float
+    inline: bool = False
 
 
 def profile(intercept: float, per_row: float, accuracy: float, cost: float, load_ms: float) -> VariantProfile:
@@ -51,6 +59,7 @@ variants = st.dictionaries(
                 st.integers(1, 64),
                 st.floats(0.25, 8.0),
                 st.floats(0.0, 20.0),
+                st.booleans(),
             ),
         ),
     ),
@@ -67,7 +76,8 @@ def cheaper_idle(
 ) -> VersionId | None:
     """By definition: of the accurate variants not running that would fit once started, the one costing the
     query least (a batch of its own), if that is cheaper, beyond the tolerance, than any variant that fits now."""
-    candidates = {v: candidate(v, p, live.get(v), rows, 64, recent) for v, p in profiles.items()}
+    loop_ms = loop_queue_ms(profiles, live, 64)
+    candidates = {v: candidate(v, p, live.get(v), rows, 64, recent, loop_ms) for v, p in profiles.items()}
     bound = math.inf if slo.latency_ms is None else slo.latency_ms
     accurate = [
         c
@@ -117,6 +127,8 @@ def test_the_chooser_agrees_with_choose_variant(
         with pytest.raises(type(expected)) as raised:
             chooser.choose(live, slo, rows)
         assert str(raised.value) == str(expected)
+        if isinstance(expected, AdmissionRefused):  # the variant the refused query's demand is counted for
+            assert isinstance(raised.value, AdmissionRefused) and raised.value.variant == expected.variant
         return
     got, cheaper = chooser.choose(live, slo, rows)
     assert got.variant == expected.variant
@@ -127,3 +139,27 @@ def test_the_chooser_agrees_with_choose_variant(
         assert cheaper == cheaper_idle(profiles, live, slo, rows, recent)
     else:
         assert cheaper is None  # best effort: no demand recorded
+
+
+def test_a_busy_inline_variant_spills_nowhere_a_busy_worker_spills_to_the_next_variant() -> None:
+    """Inline variants take turns on the event loop: another one started beside a busy one would wait for the same
+    queue, so the query is refused (429) instead of a cold start being spent on it; a variant served by worker
+    processes has capacity of its own, so the overflow goes to the next variant along the frontier."""
+    profiles = {
+        VersionId("fp32"): profile(0.02, 0.001, 0.97, 1.0, 2.0),
+        VersionId("pruned"): profile(0.02, 0.001, 0.97, 1.0, 2.0),
+    }
+    busy = Live(queued_rows=64 * 400, busy=1, replica_count=1, batch_limit=64, correction=1.0, running_ms=0.1)
+    slo = Slo(latency_ms=5.0, min_accuracy=0.95)
+    chooser = VariantChooser(profiles, 64)
+    choice, _ = chooser.choose({VersionId("fp32"): busy}, slo, 1)
+    assert choice.variant == "pruned"  # a worker-served fp32 is busy: spill (its cold start fits the SLO)
+    busy.inline = True
+    with pytest.raises(AdmissionRefused, match="overloaded") as refused:
+        chooser.choose({VersionId("fp32"): busy}, slo, 1)
+    assert refused.value.variant in ("fp32", "pruned")
+    with pytest.raises(AdmissionRefused):  # the pure policy agrees
+        choose_variant(profiles, {VersionId("fp32"): busy}, slo, 1, 64)
+    idle_loop = Live(queued_rows=0, busy=0, replica_count=1, batch_limit=64, correction=1.0, running_ms=0.0)
+    idle_loop.inline = True
+    assert chooser.choose({VersionId("fp32"): idle_loop}, slo, 1)[0].variant == "fp32"
