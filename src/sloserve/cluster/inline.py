@@ -119,6 +119,10 @@ class InlineReplica:
         self._state = _State.READY
 
     async def run(self, inputs: Arrays, output_names: Sequence[str]) -> dict[str, np.ndarray[Any, Any]]:
+        return self.compute(inputs, output_names)
+
+    def compute(self, inputs: Arrays, output_names: Sequence[str]) -> dict[str, np.ndarray[Any, Any]]:
+        """``run``, synchronously: the batcher calls it directly (no task, no turn of the loop per batch)."""
         session = self._session
         if session is None:
             raise UnavailableError(f"replica {self._id} is {self._state.value}, not running")

@@ -70,6 +70,9 @@ from sloserve.types import ReplicaId
 Outputs = dict[str, np.ndarray[Any, Any]]
 
 _TIMER_GRAIN_S = MIN_HOLD_MS / 1e3
+INLINE_TURN_S = 0.002
+"""With inline replicas the batcher runs batches in its own turn of the event loop, one after another while
+requests wait, for at most this long before it lets the loop read and answer (see :meth:`DynamicBatcher._loop`)."""
 """A hold with less left than this ends now: the event loop's timers have a resolution of a millisecond
 (uvloop's fire at once below half of it), and waiting on them would spin the loop."""
 
@@ -179,6 +182,8 @@ class DynamicBatcher:
         self._closed = False
         self._running: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._inline = bool(replicas.replicas) and all(getattr(r, "inline", False) for r in replicas.replicas)
+        """Every replica computes on the event loop: batches run synchronously (:meth:`_loop`)."""
         self.expired = 0
         """Requests dropped because they could no longer meet their deadline."""
         self.running_ms = 0.0
@@ -241,8 +246,8 @@ class DynamicBatcher:
     def _dispatch_now(self) -> bool:
         """Fast path at low load: a lone request not to be held and a free slot: start the batch here and
         spare the loop a wake-up (one event-loop hop, tens of µs, on every lightly loaded request)."""
-        if self._loop_task is None or len(self._queue.heap) != 1:
-            return False
+        if self._loop_task is None or len(self._queue.heap) != 1 or self._inline:
+            return False  # inline: the batcher's next turn takes whatever arrived meanwhile, in one batch
         replica = self._replicas.try_acquire()
         if replica is None:
             return False
@@ -263,13 +268,31 @@ class DynamicBatcher:
             await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _loop(self) -> None:
+        """Wait for requests, hold the window, take a batch, start it on a free replica; again.
+
+        A replica in another process computes while the loop goes on, so its batch runs in a task of its own
+        once a replica slot is free. A replica that computes inline would only add turns of the loop (a task
+        to start the batch, another to hand the slot back): near saturation a turn is long (it reads and
+        parses everything that came in meanwhile), and a batcher that needs turns per batch falls behind the
+        more requests arrive. Inline batches run here, synchronously, one after another while requests wait,
+        for up to :data:`INLINE_TURN_S` before the loop gets a turn to read more and send the answers."""
+        turn_started = self._clock.now()
         while True:
             while not self._queue.heap:
                 if self._closed:
                     return
                 self._arrival.clear()
                 await self._arrival.wait()
+                turn_started = self._clock.now()
             await self._wait_window()
+            if self._inline:
+                batch = self._take()
+                if batch:
+                    self._run_inline(batch)
+                if self._clock.now() - turn_started >= INLINE_TURN_S:
+                    await asyncio.sleep(0)
+                    turn_started = self._clock.now()
+                continue
             replica = await self._replicas.acquire()
             batch = self._take()
             if not batch:
@@ -341,10 +364,22 @@ class DynamicBatcher:
             entries = entries[:take]
         return [entry[2] for entry in entries]
 
+    def _run_inline(self, batch: list[_Waiting]) -> None:
+        """:meth:`_run` for inline replicas: the batch computes now, on this thread."""
+        started = self._clock.now()
+        try:
+            replica, outputs = self._replicas.run_inline(_merge(batch))
+        except SloserveError as error:
+            _fail(batch, error)
+            return
+        except Exception as error:  # a bug: still answer every waiting request
+            _fail(batch, InternalError(f"batch failed: {error!r}"))
+            return
+        self._finish(batch, replica, outputs, started)
+
     async def _run(self, batch: list[_Waiting], replica: Replica) -> None:
         started = self._clock.now()
-        rows = sum(w.rows for w in batch)
-        predicted_ms = self.model.predict_ms(rows)
+        predicted_ms = self.model.predict_ms(sum(w.rows for w in batch))
         self.running_ms += predicted_ms
         try:
             outputs = await self._replicas.execute(replica, _merge(batch))
@@ -356,6 +391,11 @@ class DynamicBatcher:
             return
         finally:
             self.running_ms = max(0.0, self.running_ms - predicted_ms)
+        self._finish(batch, replica, outputs, started)
+
+    def _finish(self, batch: list[_Waiting], replica: Replica, outputs: Outputs, started: float) -> None:
+        """Learn from a batch that ran (service time, AIMD, hold scale) and answer its requests."""
+        rows = sum(w.rows for w in batch)
         finished = self._clock.now()
         compute_s = finished - started
         # The replica's own time: from when it could start this batch (after the one ahead of it there)

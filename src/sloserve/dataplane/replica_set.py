@@ -125,6 +125,18 @@ class ReplicaSet:
             return await self._with_retry(replica, inputs, rows)
         return await self._hedged(replica, inputs, rows, delay_s, hedger)
 
+    def run_inline(self, inputs: Arrays) -> tuple[Replica, Outputs]:
+        """Run a batch now, on this thread, on a free replica that computes inline (``compute``); for replica
+        sets whose replicas all run on the event loop (nothing to wait for, hedge or retry: it has finished
+        when this returns). UnavailableError when none is healthy."""
+        replica = self.try_acquire()
+        if replica is None:
+            raise UnavailableError("no healthy replica to run the batch")
+        try:
+            return replica, replica.compute(inputs, self._output_names)  # type: ignore[attr-defined]
+        finally:
+            self.release(replica)
+
     async def _attempt(self, replica: Replica, inputs: Arrays, rows: int) -> Outputs:
         """One run on a reserved replica, released when the replica is done with it (even if cancelled)."""
         started = self._clock.now()

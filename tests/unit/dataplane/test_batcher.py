@@ -456,3 +456,37 @@ async def test_no_request_is_held_while_the_event_loop_is_busy() -> None:
     assert len(replica.batches) == 2
     await held
     await batcher.close()
+
+
+class InlineFake(FakeReplica):
+    """A replica that computes on the event loop (like ``InlineReplica``): ``compute`` answers at once."""
+
+    inline = True
+
+    def compute(self, inputs: Arrays, output_names: Any) -> dict[str, np.ndarray[Any, Any]]:
+        self.batches.append(inputs)
+        if self.crashing:
+            raise InternalError("the model failed")
+        return double(inputs)
+
+
+async def test_inline_batches_take_what_arrived_in_one_turn_and_run_without_a_task() -> None:
+    clock = FakeClock()
+    replica = InlineFake()
+    batcher = make([replica], clock)
+    futures = [batcher.submit(rows(float(v)), 1) for v in range(5)]
+    assert replica.batches == []  # nothing runs inside submit: the requests of this turn are one batch
+    await settle()
+    assert [b["x"].shape[0] for b in replica.batches] == [5]
+    for v, future in enumerate(futures):
+        assert (await future).outputs["y"].tolist() == [[2.0 * v, 2.0 * v]]
+    more = [batcher.submit(rows(1.0), 1) for _ in range(11)]  # more than a batch: 8, then 3, in the same turn
+    await settle()
+    assert [b["x"].shape[0] for b in replica.batches[1:]] == [8, 3]
+    assert all(f.done() for f in more)
+    replica.crashing = True
+    failing = batcher.submit(rows(1.0), 1)
+    await settle()
+    with pytest.raises(InternalError, match="the model failed"):
+        await failing
+    await batcher.close()
