@@ -484,6 +484,13 @@ async def test_inline_batches_take_what_arrived_in_one_turn_and_run_without_a_ta
     await settle()
     assert [b["x"].shape[0] for b in replica.batches[1:]] == [8, 3]
     assert all(f.done() for f in more)
+    await batcher.close()
+    held = make([InlineFake()], clock, slo_hold_s=0.002)  # no SLO holds inline: the batch costs no round trip
+    loose = held.submit(rows(3.0), 1, deadline_s=clock.now() + 0.025)
+    await settle()
+    assert loose.done()
+    await held.close()
+    batcher = make([replica], clock)
     replica.crashing = True
     failing = batcher.submit(rows(1.0), 1)
     await settle()
