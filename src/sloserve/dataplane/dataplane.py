@@ -290,7 +290,7 @@ class DataPlane:
         loaded = view.loaded
         name = loaded.name
         try:
-            choice, cheaper = view.chooser.choose(view.hosts, slo, rows)
+            version, _, cheaper = view.chooser.choose(view.hosts, slo, rows, self._clock.now())
         except AdmissionRefused as refused:
             self._metrics.request_rejected(name, "slo_overloaded")
             host = view.hosts.get(VersionId(refused.variant))
@@ -303,11 +303,11 @@ class DataPlane:
         except SloserveError:
             self._metrics.request_rejected(name, "slo_impossible")
             raise
-        self._metrics.variant_selected(name, choice.variant)
+        self._metrics.variant_selected(name, version)
         if cheaper is not None:  # a cheaper accurate-enough variant is not running: the autoscaler should start it
             key = (name, cheaper)
             self._wanted[key] = self._wanted.get(key, 0) + rows
-        return VersionId(choice.variant)
+        return version
 
     @staticmethod
     def _response(

@@ -169,11 +169,16 @@ class VariantChooser:
 
     Only running variants are predicted per query; the others' answers depend on the
     query's rows and SLO alone and are kept per (rows, SLO). Each prediction is plain arithmetic
-    (:func:`_predict_ms`, the number :func:`candidate` would give, without building one: a
-    frozen dataclass costs a few µs, and on one event loop near its limit a few µs a
-    query decide whether the tight class makes its SLO): ~3 µs a query for 9 variants, one running.
-    The answer is the one :func:`choose_variant` gives (property-tested); when nothing
-    fits, it is asked, for its refusal or best-effort choice.
+    (the number :func:`candidate` would give, without building one). The answer is the one
+    :func:`choose_variant` gives (property-tested); when nothing fits, it is asked, for its refusal or
+    best-effort choice.
+
+    Even so the policy costs ~10 µs a query on a busy event loop (4 µs in a tight loop), and on one loop
+    near its limit that decides whether the tight class makes its SLO. So, given the time, a choice is
+    *kept* for :data:`RESELECT_S` per (rows, SLO) and running variants: within it a query takes the same
+    variant after one check, that it is still predicted to finish in time (else the policy runs at once);
+    only the cost ranking can be that much out of date. This is INFaaS's split of a per-query check from
+    a periodic decision, with a period short enough for the autoscaler's starts to count at once.
     """
 
     def __init__(self, profiles: Mapping[VersionId, VariantProfile], max_batch: int) -> None:
@@ -188,20 +193,41 @@ class VariantChooser:
         """The profiled latency of a one-row batch on the fastest variant (0: no profiles)."""
         self.recent: VersionId | None = None
         """The variant chosen for the previous query."""
+        self._kept: dict[tuple[int, float | None, float], _Kept] = {}
+        """Per (rows, accuracy floor, latency bound): until when, for which running variants, the choice, the
+        demand it saw, its live state, whether its own queue is all it waits for, and its latency model."""
 
-    def choose(self, live: Mapping[VersionId, LiveState], slo: Slo, rows: int) -> tuple[Choice, VersionId | None]:
-        """The choice, and the variant accurate enough, not running, that would cost the query less, beyond
-        the tolerance, once started and fit (demand the autoscaler should see), if any.
+    def choose(
+        self, live: Mapping[VersionId, LiveState], slo: Slo, rows: int, now: float | None = None
+    ) -> tuple[VersionId, float, VersionId | None]:
+        """(the variant, its predicted completion in ms, and the variant accurate enough, not running, that
+        would cost the query less, beyond the tolerance, once started and fit: demand the autoscaler should
+        see, if any).
 
-        Costs are :meth:`Candidate.query_cost`. Running variants are predicted from their live state;
-        what a variant not running would do depends only on the query's rows and SLO, so that is
-        worked out once per (rows, SLO) (:class:`_IdleView`). The choice is remembered as the
-        ``recent`` variant of the next query."""
+        Costs are :meth:`Candidate.query_cost`. Running variants are predicted from their live state; what a
+        variant not running would do depends only on the query's rows and SLO, so that is worked out once
+        per (rows, SLO) (:class:`_IdleView`, cheapest first). A running variant within the cost tolerance of
+        the cheapest fit is chosen over any that is not running, so those are looked at only for the cheapest
+        cost (the first one that fits) unless no running variant is within it. The choice is remembered as
+        the ``recent`` variant of the next query. A plain tuple: this runs for every query.
+
+        ``now`` (seconds): keep the choice for :data:`RESELECT_S` and take a kept one while it fits (a new
+        mapping of running variants, as the data plane makes on every change, starts afresh)."""
         bound = math.inf if slo.latency_ms is None else slo.latency_ms
         minimum = slo.min_accuracy
+        kept_key = (rows, minimum, bound)
+        if now is not None and not slo.best_effort:
+            kept = self._kept.get(kept_key)
+            if kept is not None and now < kept[0] and kept[1] is live:
+                _, _, version, cheaper, state, alone, intercept, per_row = kept
+                if alone and state.queued_rows == 0 and state.busy == 0:  # nothing ahead of it: the usual case
+                    predicted = state.correction * (intercept + per_row * rows)
+                else:
+                    predicted = self._predict_kept(live, version, rows)
+                if predicted <= bound:
+                    self.recent = version
+                    return version, predicted, cheaper
         recent = self.recent
-        cheapest = math.inf
-        fits: list[tuple[float, bool, bool, float, VersionId]] = []
         static = self._static
         max_batch = self._max_batch
         loop_ms = 0.0
@@ -211,39 +237,58 @@ class VariantChooser:
             if known is None:
                 continue
             cost, accuracy, intercept, per_row, _ = known
-            correction, queued = state.correction, state.queued_rows
+            correction, queued, busy = state.correction, state.queued_rows, state.busy
             limit = max(1, min(state.batch_limit, max_batch or 1))
-            queue_ms = _queue_delay(intercept, per_row, correction, queued, limit, state.busy, state, max_batch)
+            if queued == 0 and busy == 0:  # the usual case, spared a call
+                queue_ms = 0.0 if state.replica_count > 0 else math.inf
+            else:
+                queue_ms = _queue_delay(intercept, per_row, correction, queued, limit, busy, state, max_batch)
             inline = state.inline
             if inline:
                 loop_ms += queue_ms
             if minimum is None or (accuracy is not None and accuracy >= minimum):
                 running.append((version, cost, intercept, per_row, queue_ms, inline, queued, limit, correction))
+        cheapest = math.inf
+        fits: list[tuple[float, float, VersionId]] = []
         for version, cost, intercept, per_row, queue_ms, inline, queued, limit, correction in running:
             batch_rows = max(rows, min(limit, queued + rows))
             predicted = (loop_ms if inline else queue_ms) + correction * (intercept + per_row * batch_rows) + 0.0
             if predicted <= bound:
                 query_cost = cost + intercept / max(batch_rows, rows, 1)
-                fits.append((query_cost, False, version != recent, predicted, version))
+                fits.append((query_cost, predicted, version))
                 if query_cost < cheapest:
                     cheapest = query_cost
         idle = self._idle_view(rows, minimum, bound)
-        for query_cost, idle_ms, load_ms, version in idle.fits:
-            predicted = loop_ms + idle_ms + load_ms
-            if version not in live and predicted <= bound:
-                fits.append((query_cost, True, version != recent, predicted, version))
-                cheapest = min(cheapest, query_cost)
-        if not fits:
+        for query_cost, idle_ms, load_ms, version in idle.fits:  # cheapest first: the first that fits is enough
+            if query_cost >= cheapest:
+                break
+            if version not in live and loop_ms + idle_ms + load_ms <= bound:
+                cheapest = query_cost
+                break
+        if cheapest == math.inf:  # nothing fits
             if not slo.best_effort and idle.feasible:  # overloaded: refused here, at a few µs (not the full policy)
                 raise AdmissionRefused(self._overloaded(live, idle, slo, rows, loop_ms), _idle_choice(idle))
             choice = choose_variant(self._profiles, live, slo, rows, self._max_batch, recent)
             self.recent = VersionId(choice.variant)
-            return choice, None
-        if len(fits) == 1:
-            _, _, _, predicted, version = fits[0]
-        else:
-            ceiling = cheapest * (1 + COST_TOLERANCE)
-            _, _, predicted, version = min(f[1:] for f in fits if f[0] <= ceiling)  # loaded, recent, faster
+            return self.recent, choice.predicted_ms, None
+        ceiling = cheapest * (1 + COST_TOLERANCE)
+        best: tuple[bool, float, VersionId] | None = None
+        for query_cost, predicted, version in fits:  # a running variant within the tolerance is chosen first
+            if query_cost <= ceiling:
+                key = (version != recent, predicted, version)
+                if best is None or key < best:
+                    best = key
+        if best is None:  # a cold start: the variants not running that fit, within the tolerance
+            for query_cost, idle_ms, load_ms, version in idle.fits:
+                if query_cost > ceiling:
+                    break
+                predicted = loop_ms + idle_ms + load_ms
+                if version not in live and predicted <= bound:
+                    key = (version != recent, predicted, version)
+                    if best is None or key < best:
+                        best = key
+        assert best is not None  # the cheapest fit is within its own tolerance
+        _, predicted, version = best
         self.recent = version
         cheaper = None
         for query_cost, candidate_version in idle.startable:  # by query cost: the first not running
@@ -251,7 +296,36 @@ class VariantChooser:
                 if query_cost * (1 + COST_TOLERANCE) < cheapest:
                     cheaper = candidate_version
                 break
-        return Choice(version, predicted), cheaper
+        chosen = live.get(version)
+        if now is not None and not slo.best_effort and chosen is not None and chosen.replica_count > 0:
+            if len(self._kept) >= _IDLE_VIEWS:
+                self._kept.clear()
+            alone = not chosen.inline or len(live) == 1  # its queue is the only one it waits for
+            _, _, intercept, per_row, _ = static[version]
+            self._kept[kept_key] = (now + RESELECT_S, live, version, cheaper, chosen, alone, intercept, per_row)
+        return version, predicted, cheaper
+
+    def _predict_kept(self, live: Mapping[VersionId, LiveState], version: VersionId, rows: int) -> float:
+        """The kept (running) variant's predicted completion now, as :meth:`choose` works it out."""
+        state = live[version]
+        max_batch = self._max_batch
+        static = self._static
+        _, _, intercept, per_row, _ = static[version]
+        if state.inline:  # it waits for every inline variant's queue
+            queue_ms = 0.0
+            for other, other_state in live.items():
+                known = static.get(other)
+                if known is None or not other_state.inline:
+                    continue
+                if other_state.queued_rows == 0 and other_state.busy == 0:
+                    queue_ms += 0.0 if other_state.replica_count > 0 else math.inf
+                else:
+                    queue_ms += _queue_ms(known[2], known[3], other_state, max_batch)
+        else:
+            queue_ms = _queue_ms(intercept, per_row, state, max_batch)
+        limit = max(1, min(state.batch_limit, max_batch or 1))
+        batch_rows = max(rows, min(limit, state.queued_rows + rows))
+        return queue_ms + state.correction * (intercept + per_row * batch_rows) + 0.0
 
     def _overloaded(
         self, live: Mapping[VersionId, LiveState], idle: _IdleView, slo: Slo, rows: int, loop_ms: float
@@ -290,7 +364,7 @@ class VariantChooser:
                     fits.append((query_cost, idle_ms, load_ms, version))
                 elif idle_ms <= bound:
                     startable.append((query_cost, version))
-            view = _IdleView(tuple(fits), tuple(sorted(startable)), tuple(accurate), tuple(feasible))
+            view = _IdleView(tuple(sorted(fits)), tuple(sorted(startable)), tuple(accurate), tuple(feasible))
             if len(self._idle) >= _IDLE_VIEWS:
                 self._idle.clear()
             self._idle[key] = view
@@ -299,6 +373,10 @@ class VariantChooser:
 
 _IDLE_VIEWS = 1024
 """Distinct (rows, SLO) pairs remembered per model; past it the memory starts again."""
+_Kept = tuple[float, Mapping[VersionId, LiveState], VersionId, "VersionId | None", LiveState, bool, float, float]
+RESELECT_S = 0.001
+"""How long :meth:`VariantChooser.choose` keeps a choice for queries of the same rows and SLO while it still
+fits (a millisecond: at 1,000-15,000 queries a second the policy runs for one query in 1-15)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,8 +384,8 @@ class _IdleView:
     """For one (rows, accuracy floor, latency bound): each accurate variant as it would be if not running."""
 
     fits: tuple[tuple[float, float, float, VersionId], ...]
-    """(query cost, predicted ms, cold start ms, variant) of those that would meet the bound even with their cold
-    start (and, per query, with the event loop's queue: :func:`loop_queue_ms`)."""
+    """(query cost, predicted ms, cold start ms, variant), cheapest first, of those that would meet the bound even
+    with their cold start (and, per query, with the event loop's queue: :func:`loop_queue_ms`)."""
     startable: tuple[tuple[float, VersionId], ...]
     """(query cost, variant), cheapest first, of those that would meet it once started, not with a cold start."""
     accurate: tuple[tuple[float, float, VersionId], ...]

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sloserve.dataplane.selector import (
+    RESELECT_S,
     AdmissionRefused,
     LiveState,
     VariantChooser,
@@ -130,10 +131,10 @@ def test_the_chooser_agrees_with_choose_variant(
         if isinstance(expected, AdmissionRefused):  # the variant the refused query's demand is counted for
             assert isinstance(raised.value, AdmissionRefused) and raised.value.variant == expected.variant
         return
-    got, cheaper = chooser.choose(live, slo, rows)
-    assert got.variant == expected.variant
-    assert got.predicted_ms == pytest.approx(expected.predicted_ms)
-    assert chooser.recent == got.variant  # the next query's recent variant
+    variant, predicted_ms, cheaper = chooser.choose(live, slo, rows)
+    assert variant == expected.variant
+    assert predicted_ms == pytest.approx(expected.predicted_ms)
+    assert chooser.recent == variant  # the next query's recent variant
     feasible = expected.predicted_ms <= (latency if latency is not None else float("inf"))
     if feasible:
         assert cheaper == cheaper_idle(profiles, live, slo, rows, recent)
@@ -152,8 +153,8 @@ def test_a_busy_inline_variant_spills_nowhere_a_busy_worker_spills_to_the_next_v
     busy = Live(queued_rows=64 * 400, busy=1, replica_count=1, batch_limit=64, correction=1.0, running_ms=0.1)
     slo = Slo(latency_ms=5.0, min_accuracy=0.95)
     chooser = VariantChooser(profiles, 64)
-    choice, _ = chooser.choose({VersionId("fp32"): busy}, slo, 1)
-    assert choice.variant == "pruned"  # a worker-served fp32 is busy: spill (its cold start fits the SLO)
+    variant, _, _ = chooser.choose({VersionId("fp32"): busy}, slo, 1)
+    assert variant == "pruned"  # a worker-served fp32 is busy: spill (its cold start fits the SLO)
     busy.inline = True
     with pytest.raises(AdmissionRefused, match="overloaded") as refused:
         chooser.choose({VersionId("fp32"): busy}, slo, 1)
@@ -162,4 +163,30 @@ def test_a_busy_inline_variant_spills_nowhere_a_busy_worker_spills_to_the_next_v
         choose_variant(profiles, {VersionId("fp32"): busy}, slo, 1, 64)
     idle_loop = Live(queued_rows=0, busy=0, replica_count=1, batch_limit=64, correction=1.0, running_ms=0.0)
     idle_loop.inline = True
-    assert chooser.choose({VersionId("fp32"): idle_loop}, slo, 1)[0].variant == "fp32"
+    assert chooser.choose({VersionId("fp32"): idle_loop}, slo, 1)[0] == "fp32"
+
+
+def test_a_choice_is_kept_for_a_millisecond_while_it_still_fits() -> None:
+    """Within RESELECT_S a query of the same rows and SLO takes the kept variant after checking only that it
+    still fits; past it, when it no longer fits, or when the running variants change, the policy runs again."""
+    profiles = {
+        VersionId("fp32"): profile(0.5, 0.001, 0.97, 0.01, 2.0),
+        VersionId("int8"): profile(0.5, 0.001, 0.97, 0.01, 2.0),
+    }
+    fp32 = Live(queued_rows=0, busy=0, replica_count=1, batch_limit=64, correction=1.0, running_ms=0.0)
+    int8 = Live(queued_rows=0, busy=0, replica_count=1, batch_limit=64, correction=1.0, running_ms=0.0)
+    live: dict[VersionId, LiveState] = {VersionId("fp32"): fp32, VersionId("int8"): int8}
+    slo = Slo(latency_ms=5.0, min_accuracy=0.95)
+    chooser = VariantChooser(profiles, 64)
+    assert chooser.choose(live, slo, 1, now=10.0)[0] == "fp32"
+    int8.queued_rows = 30  # a batch forming on int8: joining it costs the query a 31st of its fixed cost
+    assert choose_variant(profiles, live, slo, 1, 64, VersionId("fp32")).variant == "int8"
+    assert VariantChooser(profiles, 64).choose(live, slo, 1)[0] == "int8"  # no time given: the policy
+    assert chooser.choose(live, slo, 1, now=10.0005)[0] == "fp32"  # kept: it still fits
+    later = 10.0 + RESELECT_S
+    assert chooser.choose(live, slo, 1, now=later + 1e-6)[0] == "int8"  # the period is over
+    int8.queued_rows, int8.busy, int8.running_ms = 640, 1, 1.0  # no longer fits (10 batches ahead): at once
+    assert chooser.choose(live, slo, 1, now=later + 2e-4)[0] == "fp32"
+    int8.queued_rows, int8.busy, int8.running_ms = 30, 0, 0.0
+    assert chooser.choose(live, slo, 1, now=later + 3e-4)[0] == "fp32"  # kept again
+    assert chooser.choose(dict(live), slo, 1, now=later + 4e-4)[0] == "int8"  # other running variants: afresh
