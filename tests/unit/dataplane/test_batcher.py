@@ -485,10 +485,16 @@ async def test_inline_batches_take_what_arrived_in_one_turn_and_run_without_a_ta
     assert [b["x"].shape[0] for b in replica.batches[1:]] == [8, 3]
     assert all(f.done() for f in more)
     await batcher.close()
-    held = make([InlineFake()], clock, slo_hold_s=0.002)  # no SLO holds inline: the batch costs no round trip
-    loose = held.submit(rows(3.0), 1, deadline_s=clock.now() + 0.025)
+    inline = InlineFake()
+    held = make([inline], clock, slo_hold_s=0.002)  # inline replicas hold too: the batch's own cost is shared
+    loose = held.submit(rows(3.0), 1, deadline_s=clock.now() + 0.025)  # a fifth of 20 ms, at most 2 ms
     await settle()
-    assert loose.done()
+    await clock.advance(0.001)
+    assert not loose.done()
+    tight = held.submit(rows(4.0), 1, deadline_s=clock.now() + 0.005)  # not held: takes the loose one along
+    await settle()
+    assert loose.done() and tight.done()
+    assert [b["x"].shape[0] for b in inline.batches] == [2]
     await held.close()
     batcher = make([replica], clock)
     replica.crashing = True
