@@ -52,7 +52,9 @@ from sloserve.errors import (
     UnavailableError,
 )
 from sloserve.policy.batching import (
+    HOLD_RESERVE_MS,
     MIN_HOLD_MS,
+    SLO_HOLD_FRACTION,
     AimdConfig,
     LatencyModel,
     aimd_update,
@@ -70,11 +72,14 @@ from sloserve.types import ReplicaId
 Outputs = dict[str, np.ndarray[Any, Any]]
 
 _TIMER_GRAIN_S = MIN_HOLD_MS / 1e3
+"""A hold with less left than this ends now: the event loop's timers have a resolution of a millisecond
+(uvloop's fire at once below half of it), and waiting on them would spin the loop."""
+_HOLDABLE_MS = HOLD_RESERVE_MS + MIN_HOLD_MS / SLO_HOLD_FRACTION
+"""The least latency budget :func:`hold_ms` can give a hold to (7.5 ms): a tighter request is not held, and
+spared working out by how much."""
 INLINE_TURN_S = 0.002
 """With inline replicas the batcher runs batches in its own turn of the event loop, one after another while
 requests wait, for at most this long before it lets the loop read and answer (see :meth:`DynamicBatcher._loop`)."""
-"""A hold with less left than this ends now: the event loop's timers have a resolution of a millisecond
-(uvloop's fire at once below half of it), and waiting on them would spin the loop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,11 +231,11 @@ class DynamicBatcher:
         if self._holds:
             if deadline_s is None:
                 release += self._spec.max_queue_delay_s
-            elif self._slo_holds:
+            elif self._slo_holds and (budget_ms := (deadline_s - now) * 1e3) >= _HOLDABLE_MS:
                 scale = self.hold_scale
                 if self._loop_busy is not None:
                     scale *= loop_hold_scale(self._loop_busy())
-                release += hold_ms((deadline_s - now) * 1e3, self._spec.max_slo_hold_s * 1e3, scale) / 1e3
+                release += hold_ms(budget_ms, self._spec.max_slo_hold_s * 1e3, scale) / 1e3
         waiting = _Waiting(inputs, rows, now, deadline_s, release, future)
         self._queue.push(waiting)
         if release <= now and self._dispatch_now():

@@ -22,7 +22,7 @@ from sloserve.dataplane.cache import PredictionCache, input_digest
 from sloserve.dataplane.host import VersionHost
 from sloserve.dataplane.loop_load import LoopLoad
 from sloserve.dataplane.selector import AdmissionRefused, VariantChooser
-from sloserve.dataplane.slo import request_slo
+from sloserve.dataplane.slo import RequestSlos
 from sloserve.dataplane.splitter import MAX_CHUNKS, scatter_gather
 from sloserve.dataplane.validation import check_request
 from sloserve.errors import NotFoundError, ResourceExhaustedError, SloserveError, UnavailableError
@@ -56,6 +56,8 @@ class _ModelView:
     loaded: LoadedModel
     hosts: dict[VersionId, VersionHost]
     chooser: VariantChooser
+    slos: RequestSlos
+    """A request's SLO from its parameters, over the model's defaults."""
 
 
 class DataPlane:
@@ -108,7 +110,8 @@ class DataPlane:
             chooser = choosers.get(name)
             if chooser is None or self._models[name].loaded.profiles is not loaded.profiles:
                 chooser = VariantChooser(loaded.profiles, loaded.config.max_batch_size)
-            models[name] = _ModelView(loaded, hosts, chooser)
+            slos = RequestSlos(loaded.config.default_slo, _reference_accuracy(loaded))
+            models[name] = _ModelView(loaded, hosts, chooser, slos)
         self._models = models
         self._catalog = snapshot
         self._cache.retain(snapshot)  # answers of replaced models and versions go
@@ -224,7 +227,7 @@ class DataPlane:
         started = self._clock.now() if request.received_s is None else request.received_s
         view, version = self._view(name, request.model_version)
         config = view.loaded.config
-        slo = request_slo(request.parameters, config.default_slo, _reference_accuracy(view.loaded))
+        slo = view.slos(request.parameters)
         if slo.latency_ms is not None and not slo.best_effort and slo.latency_ms > view.chooser.fastest_ms:
             waited_ms = (self._clock.now() - started) * 1e3
             if waited_ms >= slo.latency_ms:  # spent before it could even be read: no work can save it

@@ -62,3 +62,32 @@ def request_slo(parameters: Mapping[str, Any], default: SloConfig, reference_acc
             raise InvalidArgumentError(f"parameter {MIN_ACCURACY} must be between 0 and 1, got {accuracy:g}")
     best_effort = _flag(parameters[BEST_EFFORT], BEST_EFFORT) if BEST_EFFORT in parameters else False
     return Slo(latency_ms=latency, min_accuracy=accuracy, best_effort=best_effort)
+
+
+class RequestSlos:
+    """:func:`request_slo` for one model, remembered per distinct parameter values: clients send a handful of
+    SLO classes, and parsing and checking them again costs every query a few µs of the event loop. Values are
+    told apart by type too (``true`` is not ``1``); a request that fails the checks is not remembered."""
+
+    _LIMIT = 256
+
+    def __init__(self, default: SloConfig, reference_accuracy: float | None) -> None:
+        self._default = default
+        self._reference_accuracy = reference_accuracy
+        self._known: dict[tuple[Any, ...], Slo] = {}
+
+    def __call__(self, parameters: Mapping[str, Any]) -> Slo:
+        latency = parameters.get(LATENCY_SLO)
+        accuracy = parameters.get(MIN_ACCURACY)
+        best_effort = parameters.get(BEST_EFFORT)
+        key = (latency, latency.__class__, accuracy, accuracy.__class__, best_effort, best_effort.__class__)
+        try:
+            slo = self._known.get(key)
+        except TypeError:  # an unhashable value: checked (and refused) below, never remembered
+            return request_slo(parameters, self._default, self._reference_accuracy)
+        if slo is None:
+            slo = request_slo(parameters, self._default, self._reference_accuracy)
+            if len(self._known) >= self._LIMIT:
+                self._known.clear()
+            self._known[key] = slo
+        return slo

@@ -7,8 +7,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from sloserve.dataplane.batcher import BatchingSpec, DynamicBatcher
+from sloserve.dataplane.batcher import _HOLDABLE_MS, BatchingSpec, DynamicBatcher
 from sloserve.dataplane.replica_set import ReplicaSet
 from sloserve.errors import (
     DeadlineExceededError,
@@ -17,7 +19,7 @@ from sloserve.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from sloserve.policy.batching import LatencyModel
+from sloserve.policy.batching import LatencyModel, hold_ms
 from sloserve.replica import Arrays
 from sloserve.testing import FakeClock, FakeReplica
 from sloserve.testing.fakes import settle
@@ -503,3 +505,12 @@ async def test_inline_batches_take_what_arrived_in_one_turn_and_run_without_a_ta
     with pytest.raises(InternalError, match="the model failed"):
         await failing
     await batcher.close()
+
+
+@given(st.floats(0.0, 100.0), st.floats(0.0, 50.0), st.floats(0.0, 1.0))
+def test_a_request_with_too_little_budget_to_be_held_is_not_worked_out(
+    budget_ms: float, max_hold_ms: float, scale: float
+) -> None:
+    """``submit`` skips :func:`hold_ms` below ``_HOLDABLE_MS`` of budget: it would have said 0 there."""
+    if budget_ms < _HOLDABLE_MS:
+        assert hold_ms(budget_ms, max_hold_ms, scale) == 0.0
