@@ -1,0 +1,154 @@
+"""Paired A/B of two sloserve servers under the same open load: for effects smaller than this machine's drift.
+
+    python benchmarks/paired.py --rate 5900 [--model digits] [--workdir DIR] [--reps 8] [--seconds 3]
+                                [--path modelless|VERSION] [--a-env JSON] [--b-env JSON] [--tight-ms 5]
+
+On the 2-core machine the same configuration measures 150-235 µs of server CPU per query in
+consecutive 5 s runs, and whole phases run 40% slower than an hour before: a difference of 5-10%
+between two builds or settings is invisible in `slo.py`'s two runs per cell. This starts two servers
+side by side on copies of one registered model (`slo.py --workdir` registers it; the same DIR reuses
+it), A and B, differing only in their environment: `--a-env '{"PYTHONPATH": "/tmp/old/src"}'` runs an
+older checkout (`git worktree add /tmp/old REV`) against this one, or an environment variable the code
+reads. Each rep runs the same seeded open-loop Poisson load (`slo.py`'s generator and SLO classes,
+half tight, half loose) against A and B back to back, alternating which goes first, 1 s of warm-up
+and `--seconds` measured each; drift hits both alike, and the paired differences show it.
+
+It prints each rep's server CPU per query (the front end's own process), attainment, p50 and p99,
+then the means and the paired A - B differences: their median and in how many reps A was cheaper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sqlite3
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import slo  # the benchmark beside this file: its generator, server start and SLO classes
+
+console = Console()
+
+
+def copy_model(base: Path, target: Path) -> tuple[Path, Path]:
+    """A copy of a registered model's repository and registry, the registry's rows moved to the copy's path."""
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(base / "repo", target / "repo")
+    shutil.copytree(base / "home", target / "home")
+    old, new = str((base / "repo").resolve()), str((target / "repo").resolve())
+    with sqlite3.connect(target / "home" / "registry.sqlite3") as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+            if "repository" in columns:
+                db.execute(f"UPDATE {table} SET repository = ? WHERE repository = ?", (new, old))
+    return target / "repo", target / "home"
+
+
+def measure(
+    port: int, pid: int, load: dict[str, Any], seconds: float, seed: int, classes: list[slo.SloClass]
+) -> dict[str, float]:
+    slo.generate(**load, port=port, seconds=1.0, seed=0)
+    before = slo.cpu_by_process(pid)
+    measured = slo.generate(**load, port=port, seconds=seconds, seed=seed)
+    after = slo.cpu_by_process(pid)
+    results = measured["results"]
+    sent = max(len(results), 1)
+    met = 0
+    for klass, status, ms, _ in results:
+        met += status == 200 and ms <= classes[klass].latency_ms
+    latencies = sorted(ms for _, _, ms, _ in results) or [0.0]
+    return {
+        "server_us": (after.get(pid, 0.0) - before.get(pid, 0.0)) / sent * 1e6,
+        "attainment": met / sent,
+        "p50_ms": latencies[len(latencies) // 2],
+        "p99_ms": latencies[int(len(latencies) * 0.99)],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, required=True, help="queries per second (open loop, Poisson)")
+    parser.add_argument("--model", default="digits", choices=["digits", "digits_wide"])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/sloserve-bench"), help="slo.py's --workdir")
+    parser.add_argument("--reps", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per server per rep")
+    parser.add_argument("--path", default="modelless", help="modelless (SLOs sent), or a version to pin (no SLOs)")
+    parser.add_argument("--a-env", default="{}", help="JSON object: environment variables server A adds")
+    parser.add_argument("--b-env", default="{}", help="JSON object: environment variables server B adds")
+    parser.add_argument("--tight-ms", type=float, default=5.0, help="the tight class's latency SLO (loose: 5x)")
+    parser.add_argument("--connections", type=int, default=64)
+    args = parser.parse_args()
+    envs = {"A": json.loads(args.a_env), "B": json.loads(args.b_env)}
+    base = args.workdir / args.model
+    with console.status(f"registering {args.model} (once per workdir)"):
+        records, x = slo.register(args.model, base / "repo", base / "home", 0.2)
+    classes = slo.classes_for(records, 0.0, args.tight_ms)
+    rows = [row.tolist() for row in x[:32]]
+    modelless = args.path == "modelless"
+    path = f"/v2/models/{args.model}/infer" if modelless else f"/v2/models/{args.model}/versions/{args.path}/infer"
+    load = dict(
+        kind="open",
+        path=path,
+        rows=rows,
+        connections=args.connections,
+        rate=args.rate,
+        send_slo=modelless,
+        classes=[c.__dict__ for c in classes],
+    )
+    servers: dict[str, tuple[Any, int]] = {}
+    runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
+    table = Table(title=f"{args.model}, {path}, {args.rate:,.0f} queries/s, {args.seconds:g} s per run")
+    for column in ("rep", "server", "server µs/query", "attainment", "p50 ms", "p99 ms"):
+        table.add_column(column, justify="right")
+    try:
+        for name in "AB":
+            repo, home = copy_model(base, args.workdir / "paired" / args.model / name)
+            servers[name] = slo.start_server(repo, home, home.parent / "server.log", extra_env=envs[name])
+        for rep in range(args.reps):
+            with console.status(f"rep {rep + 1}/{args.reps}"):
+                for name in "AB" if rep % 2 == 0 else "BA":
+                    proc, port = servers[name]
+                    run = measure(port, proc.pid, load, args.seconds, rep, classes)
+                    runs[name].append(run)
+                    table.add_row(
+                        str(rep + 1),
+                        name,
+                        f"{run['server_us']:.0f}",
+                        f"{run['attainment']:.2%}",
+                        f"{run['p50_ms']:.2f}",
+                        f"{run['p99_ms']:.2f}",
+                    )
+    finally:
+        for proc, _ in servers.values():
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+    console.print(table)
+    for name in "AB":
+        us = [r["server_us"] for r in runs[name]]
+        attainment = [r["attainment"] for r in runs[name]]
+        console.print(
+            f"{name} {json.dumps(envs[name])}: server {statistics.mean(us):.0f} µs/query (median "
+            f"{statistics.median(us):.0f}), attainment {statistics.mean(attainment):.2%} (lowest {min(attainment):.2%})"
+        )
+    diffs = [a["server_us"] - b["server_us"] for a, b in zip(runs["A"], runs["B"], strict=True)]
+    if diffs:
+        cheaper = sum(d < 0 for d in diffs)
+        console.print(
+            f"paired A - B: median {statistics.median(diffs):+.1f} µs/query, mean {np.mean(diffs):+.1f}; "
+            f"A cheaper in {cheaper} of {len(diffs)} reps"
+        )
+
+
+if __name__ == "__main__":
+    main()
