@@ -235,9 +235,11 @@ def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(t - before.get(p, 0.0) for p, t in after.items())
 
 
-def start_server(repo: Path, home: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(
+    repo: Path, home: Path, log: Path, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    env = {**os.environ, "SLOSERVE_HOME": str(home)}
+    env = {**os.environ, "SLOSERVE_HOME": str(home), **(extra_env or {})}
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [

@@ -1,13 +1,16 @@
-"""How busy the serving process is: the share of a core its CPU time took over the last window.
+"""How busy the serving process's event loop is: its CPU share, and how far behind it runs.
 
 The server is one event loop: what it does per query (parsing, selection, batching,
 answering) is CPU time of this process, and as that nears a whole core every query
 waits longer for the loop, in bursts. The batcher holds requests for bigger batches
-only while the loop has room (:func:`sloserve.policy.batching.loop_hold_scale`).
+only while the loop has room (:class:`LoopLoad`, :func:`sloserve.policy.batching.loop_hold_scale`);
+admission control refuses a query whose latency SLO the loop's own lag already spends
+(:class:`LoopLag`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -37,3 +40,49 @@ class LoopLoad:
             self._busy = (cpu - self._cpu_at) / (now - self._since)
             self._since, self._cpu_at = now, cpu
         return self._busy
+
+
+LAG_PERIOD_S = 0.002
+"""How often :class:`LoopLag` looks (a timer each time: ~0.3% of a core)."""
+LAG_EWMA = 0.3
+"""The weight of each new look in :attr:`LoopLag.lag_ms` (it follows a change within ~10 ms)."""
+TIMER_SLACK_MS = 1.0
+"""How late a timer may fire on an idle loop (uvloop's timers count whole milliseconds): not lag."""
+
+
+class LoopLag:
+    """How far behind the event loop runs: its own queueing delay, which no variant's queue shows.
+
+    A timer every :data:`LAG_PERIOD_S`; :attr:`lag_ms` is the moving average of how late it fires, less
+    :data:`TIMER_SLACK_MS`. On an idle loop that is 0. On one near its limit each turn reads, parses and
+    answers more requests than the last, and a request waits for turns of that length between its steps
+    (its batch's turn, its answer): the data plane refuses at once a query whose latency SLO that wait
+    would spend (:meth:`~sloserve.dataplane.dataplane.DataPlane.infer`), which sheds the load the loop cannot
+    carry instead of serving everything late. ``clock`` reads seconds."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, period_s: float = LAG_PERIOD_S) -> None:
+        self._clock = clock
+        self._period_s = period_s
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        self.lag_ms = 0.0
+
+    def start(self) -> None:
+        """Start looking (in the running loop); idempotent."""
+        if self._timer is None:
+            self._schedule()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.lag_ms = 0.0
+
+    def _schedule(self) -> None:
+        self._due = self._clock() + self._period_s
+        self._timer = asyncio.get_running_loop().call_later(self._period_s, self._look)
+
+    def _look(self) -> None:
+        late_ms = max(0.0, (self._clock() - self._due) * 1e3 - TIMER_SLACK_MS)
+        self.lag_ms += LAG_EWMA * (late_ms - self.lag_ms)
+        self._schedule()

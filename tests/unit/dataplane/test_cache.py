@@ -234,3 +234,24 @@ async def test_a_latency_slo_counts_from_when_the_server_received_the_request() 
     response = await plane.infer(in_time)
     assert response.parameters["slo_met"] is True
     await plane.apply_catalog(CatalogSnapshot())
+
+
+async def test_a_query_whose_slo_the_event_loops_lag_would_spend_is_refused_before_any_work() -> None:
+    """Once read, a request waits a turn of the event loop for its batch and another for its answer: when the
+    loop runs that far behind (LoopLag), a query with less SLO left is refused at once; a looser one is served."""
+    plane, fakes, clock = await plane_with(CONFIG)
+    plane._loop_lag.lag_ms = 2.0
+    x = np.array([[1.0, 2.0]], np.float32)
+    tight = infer_request(x)
+    tight.parameters = {"latency_slo_ms": 5}
+    tight.received_s = clock.now() - 0.0015  # 1.5 + 2 x 2.0 ms >= 5 ms
+    with pytest.raises(ResourceExhaustedError, match=r"event loop runs ~2\.0 ms behind"):
+        await plane.infer(tight)
+    assert not any(f.batches for f in fakes)
+    loose = infer_request(x)
+    loose.parameters = {"latency_slo_ms": 7}  # 1.5 + 4 < 7 (and too tight to be held for a batch)
+    loose.received_s = clock.now() - 0.0015
+    assert (await plane.infer(loose)).parameters["slo_met"] is True
+    unbounded = infer_request(x)  # no latency SLO: nothing to refuse it for
+    assert "slo_met" in (await plane.infer(unbounded)).parameters
+    await plane.apply_catalog(CatalogSnapshot())
