@@ -9,7 +9,7 @@ into batches:
   request with a deadline may wait :func:`~sloserve.policy.batching.hold_ms` of
   its latency budget (at most ``max_slo_hold_s``, times :attr:`hold_scale`,
   which AIMD shrinks when requests come near their deadlines, and less while
-  the event loop is busy: ``loop_busy``), one without a
+  the event loop runs behind: ``loop_hold``), one without a
   deadline ``max_queue_delay_s``; never later than a full batch could still make
   the head's deadline, and not at all once the batch is full (an arrival wakes
   the loop only when it fills the batch or brings the release forward);
@@ -63,7 +63,6 @@ from sloserve.policy.batching import (
     expired,
     hold_ms,
     hold_scale_update,
-    loop_hold_scale,
     near_miss,
 )
 from sloserve.replica import Arrays, Replica, ReplicaOutputs
@@ -164,7 +163,7 @@ class DynamicBatcher:
         clock: Clock,
         on_batch: BatchObserver | None = None,
         model: LatencyModel | None = None,
-        loop_busy: Callable[[], float] | None = None,
+        loop_hold: Callable[[], float] | None = None,
     ) -> None:
         self._spec = spec
         self._replicas = replicas
@@ -186,8 +185,9 @@ class DynamicBatcher:
         self._holds = spec.max_batch_size > 0 and (spec.max_queue_delay_s > 0 or self._slo_holds)
         self._window_until: float | None = None
         """While the loop holds a batch for more requests: until when."""
-        self._loop_busy = loop_busy
-        """The serving process's event loop's busy share (:class:`~sloserve.dataplane.loop_load.LoopLoad`)."""
+        self._loop_hold = loop_hold
+        """The share of its hold a request gets given how far behind the event loop runs (1: it has room;
+        :func:`~sloserve.policy.batching.lag_hold_scale`)."""
         self.hold_scale = 1.0
         """How much of their hold requests with a deadline get (:func:`hold_scale_update`)."""
         self._closed = False
@@ -233,8 +233,8 @@ class DynamicBatcher:
                 release += self._spec.max_queue_delay_s
             elif self._slo_holds and (budget_ms := (deadline_s - now) * 1e3) >= _HOLDABLE_MS:
                 scale = self.hold_scale
-                if self._loop_busy is not None:
-                    scale *= loop_hold_scale(self._loop_busy())
+                if self._loop_hold is not None:
+                    scale *= self._loop_hold()
                 release += hold_ms(budget_ms, self._spec.max_slo_hold_s * 1e3, scale) / 1e3
         waiting = _Waiting(inputs, rows, now, deadline_s, release, future)
         self._queue.push(waiting)

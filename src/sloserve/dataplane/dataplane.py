@@ -20,7 +20,7 @@ from sloserve.clock import Clock
 from sloserve.dataplane.batcher import RowsResult
 from sloserve.dataplane.cache import PredictionCache, input_digest
 from sloserve.dataplane.host import VersionHost
-from sloserve.dataplane.loop_load import LoopLag, LoopLoad
+from sloserve.dataplane.loop_load import LoopLag
 from sloserve.dataplane.selector import AdmissionRefused, VariantChooser
 from sloserve.dataplane.slo import RequestSlos
 from sloserve.dataplane.splitter import MAX_CHUNKS, scatter_gather
@@ -28,6 +28,7 @@ from sloserve.dataplane.validation import check_request
 from sloserve.errors import NotFoundError, ResourceExhaustedError, SloserveError, UnavailableError
 from sloserve.metrics import ServingMetrics
 from sloserve.policy.autoscale import VariantLoad, capacity_within_slo
+from sloserve.policy.batching import lag_hold_scale
 from sloserve.policy.selection import Slo
 from sloserve.protocol.types import InferRequest, InferResponse, Tensor
 from sloserve.types import ModelName, VersionId
@@ -72,12 +73,15 @@ class DataPlane:
         self._ready = False
         self._cache = PredictionCache(clock)
         self._loads_read_at = clock.now()
-        self._loop_load = LoopLoad(clock)
         self._loop_lag = LoopLag()
         self._wanted: dict[tuple[str, VersionId], int] = {}
         """Rows that a variant not running would have served (refused, or sent to a dearer one)."""
 
     # -- wiring, called by the composition root and the control plane -----------------------------
+
+    def _hold_share(self) -> float:
+        """The share of their hold requests get now: none once the event loop runs behind."""
+        return lag_hold_scale(self._loop_lag.lag_ms)
 
     def attach_control(self, control: RepositoryControl) -> None:
         self._control = control
@@ -110,7 +114,7 @@ class DataPlane:
                         self._metrics,
                         profile=profile,
                         split_rows=profile.best_batch if profile is not None else None,
-                        loop_busy=self._loop_load.busy,
+                        loop_hold=self._hold_share,
                     )
                     host.start()
                 hosts[version] = host

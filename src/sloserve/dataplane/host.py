@@ -43,7 +43,7 @@ class VersionHost:
         split_rows: int | None = None,
         routing: Routing = DEFAULT_ROUTING,
         profile: VariantProfile | None = None,
-        loop_busy: Callable[[], float] | None = None,
+        loop_hold: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         self.running = running
@@ -79,7 +79,7 @@ class VersionHost:
             self._observe(rows, service_s * 1e3)
 
         initial = self._profiled_model(profile) if profile is not None else LatencyModel(0.0, 0.0)
-        self.batcher = DynamicBatcher(spec, self.replicas, clock, on_batch, initial, loop_busy)
+        self.batcher = DynamicBatcher(spec, self.replicas, clock, on_batch, initial, loop_hold)
 
     def _profiled_model(self, p: VariantProfile) -> LatencyModel:
         return LatencyModel(p.latency_intercept_ms * self.correction, p.latency_per_row_ms * self.correction)

@@ -1,11 +1,10 @@
-"""How busy the serving process's event loop is: its CPU share, and how far behind it runs.
+"""How far behind the serving process's event loop runs (:class:`LoopLag`).
 
 The server is one event loop: what it does per query (parsing, selection, batching,
-answering) is CPU time of this process, and as that nears a whole core every query
-waits longer for the loop, in bursts. The batcher holds requests for bigger batches
-only while the loop has room (:class:`LoopLoad`, :func:`sloserve.policy.batching.loop_hold_scale`);
-admission control refuses a query whose latency SLO the loop's own lag already spends
-(:class:`LoopLag`).
+answering) queues on it, and as that nears a whole core every query waits longer for
+the loop, in bursts that no variant's queue shows. The batcher holds requests for
+bigger batches only while the loop keeps up (:func:`sloserve.policy.batching.lag_hold_scale`),
+and admission control refuses a query whose latency SLO the loop's lag already spends.
 """
 
 from __future__ import annotations
@@ -13,34 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-
-from sloserve.clock import Clock
-from sloserve.policy.batching import LOOP_LOAD_WINDOW_S
-
-
-class LoopLoad:
-    """CPU seconds per second of this process, over windows of ``window_s`` of ``clock`` time."""
-
-    def __init__(
-        self, clock: Clock, cpu_s: Callable[[], float] = time.process_time, window_s: float = LOOP_LOAD_WINDOW_S
-    ) -> None:
-        self._clock = clock
-        self._cpu_s = cpu_s
-        self._window_s = window_s
-        self._since = clock.now()
-        self._cpu_at = cpu_s()
-        self._busy = 0.0
-
-    def busy(self) -> float:
-        """The last complete window's share of a core (0 until one has passed); at most one CPU-time
-        reading a window, so it costs a comparison per call."""
-        now = self._clock.now()
-        if now - self._since >= self._window_s:
-            cpu = self._cpu_s()
-            self._busy = (cpu - self._cpu_at) / (now - self._since)
-            self._since, self._cpu_at = now, cpu
-        return self._busy
-
 
 LAG_PERIOD_S = 0.002
 """How often :class:`LoopLag` looks (a timer each time: ~0.3% of a core)."""

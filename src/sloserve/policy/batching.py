@@ -23,8 +23,9 @@ under load is what misses. So the scale is AIMD too
 ``NEAR_MISS_SHARE`` of its budget (close enough to its deadline that the time the
 batcher cannot see, answering and the network, may push it over) and creeps back
 after batches that finished well within; and it is zero while the serving process's
-event loop is busy past ``LOOP_BUSY_NO_HOLD`` of a core (``loop_hold_scale``): the
-loop's own queueing, which the batcher cannot see either, then takes the slack.
+event loop runs ``LAG_NO_HOLD_MS`` behind (``lag_hold_scale``; the simulator, which has
+no loop, uses its front end's busy share: ``loop_hold_scale``): the loop's own
+queueing, which the batcher cannot see either, then takes the slack.
 """
 
 from __future__ import annotations
@@ -76,8 +77,21 @@ past it, the loop's own queueing (in bursts) takes the slack a hold would spend.
 
 
 def loop_hold_scale(busy: float) -> float:
-    """The share of their hold requests get when the event loop is ``busy`` (CPU s per s)."""
+    """The share of their hold requests get when the front end is ``busy`` (CPU s per s): the simulator's gate."""
     return min(1.0, max(0.0, (LOOP_BUSY_NO_HOLD - busy) / (LOOP_BUSY_NO_HOLD - LOOP_BUSY_FULL_HOLD)))
+
+
+LAG_FULL_HOLD_MS = 0.25
+LAG_NO_HOLD_MS = 1.0
+"""Holds shrink from whole to none as the server's event loop goes from running 0.25 ms behind to this
+(:class:`~sloserve.dataplane.loop_load.LoopLag`): the loop's own queueing measured where it happens, which a
+CPU share only hints at (on this 2-core machine, with the load generator beside it, the loop was 65% busy at
+20% of capacity in a slow hour and idle enough to hold at 40% in a fast one)."""
+
+
+def lag_hold_scale(lag_ms: float) -> float:
+    """The share of their hold requests get while the event loop runs ``lag_ms`` behind."""
+    return min(1.0, max(0.0, (LAG_NO_HOLD_MS - lag_ms) / (LAG_NO_HOLD_MS - LAG_FULL_HOLD_MS)))
 
 
 def near_miss(elapsed_ms: float, budget_ms: float) -> bool:

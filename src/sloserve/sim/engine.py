@@ -180,7 +180,8 @@ class Simulator:
         """Until when each request may wait for others to join its batch (set at admission)."""
         if config.policy.kind == "modelless" and config.max_slo_hold_ms > 0:
             self.release = self.times.copy()
-        # The front end's busy share over windows of LoopLoad's length, as the batcher reads it.
+        # The front end's busy share over 100 ms windows: the simulator's hold gate (it has no event loop whose
+        # lag it could read, as the server's batcher does: policy/batching.py:lag_hold_scale).
         self.busy = 0.0
         self.busy_since = 0.0
         self.busy_admitted = 0

@@ -109,7 +109,7 @@ def test_the_hold_scale_halves_after_a_near_miss_and_creeps_back() -> None:
 
 
 @given(st.floats(0.0, 4.0))
-def test_holds_shrink_as_the_event_loop_gets_busy(busy: float) -> None:
+def test_the_simulators_holds_shrink_as_its_front_end_gets_busy(busy: float) -> None:
     from sloserve.policy.batching import LOOP_BUSY_FULL_HOLD, LOOP_BUSY_NO_HOLD, loop_hold_scale
 
     scale = loop_hold_scale(busy)
@@ -117,3 +117,14 @@ def test_holds_shrink_as_the_event_loop_gets_busy(busy: float) -> None:
     assert scale == 1.0 if busy <= LOOP_BUSY_FULL_HOLD else scale < 1.0
     assert scale == 0.0 if busy >= LOOP_BUSY_NO_HOLD else scale > 0.0
     assert loop_hold_scale(busy + 0.01) <= scale
+
+
+@given(st.floats(0.0, 50.0))
+def test_holds_shrink_as_the_event_loop_runs_behind(lag_ms: float) -> None:
+    from sloserve.policy.batching import LAG_FULL_HOLD_MS, LAG_NO_HOLD_MS, lag_hold_scale
+
+    scale = lag_hold_scale(lag_ms)
+    assert 0.0 <= scale <= 1.0
+    assert scale == 1.0 if lag_ms <= LAG_FULL_HOLD_MS else scale < 1.0
+    assert scale == 0.0 if lag_ms >= LAG_NO_HOLD_MS else scale > 0.0
+    assert lag_hold_scale(lag_ms + 0.01) <= scale
