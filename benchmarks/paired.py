@@ -10,7 +10,7 @@ side by side on copies of one registered model (`slo.py --workdir` registers it;
 it), A and B, differing only in their environment: `--a-env '{"PYTHONPATH": "/tmp/old/src"}'` runs an
 older checkout (`git worktree add /tmp/old REV`) against this one, or an environment variable the code
 reads. Each rep runs the same seeded open-loop Poisson load (`slo.py`'s generator and SLO classes,
-half tight, half loose) against A and B back to back, alternating which goes first, 1 s of warm-up
+half tight, half loose, 256 connections as in `slo.py`) against A and B back to back, alternating which goes first, 1 s of warm-up
 and `--seconds` measured each; drift hits both alike, and the paired differences show it.
 
 It prints each rep's server CPU per query (the front end's own process), attainment, p50 and p99,
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--a-env", default="{}", help="JSON object: environment variables server A adds")
     parser.add_argument("--b-env", default="{}", help="JSON object: environment variables server B adds")
     parser.add_argument("--tight-ms", type=float, default=5.0, help="the tight class's latency SLO (loose: 5x)")
-    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--connections", type=int, default=256, help="open-loop connections (slo.py's default)")
     args = parser.parse_args()
     envs = {"A": json.loads(args.a_env), "B": json.loads(args.b_env)}
     base = args.workdir / args.model
