@@ -413,15 +413,16 @@ class DynamicBatcher:
         end = finished if done is None else min(finished, max(started, done))
         service_s = end - max(started, self._finished.get(replica.id, started))
         self._finished[replica.id] = end
-        budgets = [w.deadline_s - w.enqueued_s for w in batch if w.deadline_s is not None]
-        too_slow = batch_too_slow(service_s * 1e3, min(budgets) * 1e3 if budgets else None)
-        self.limit = aimd_update(self.limit, too_slow, self._aimd)
-        if budgets:
-            near = any(
-                near_miss((finished - w.enqueued_s) * 1e3, (w.deadline_s - w.enqueued_s) * 1e3)
-                for w in batch
-                if w.deadline_s is not None
-            )
+        tightest_ms: float | None = None
+        near = False
+        for w in batch:  # one pass: this runs for every batch
+            if w.deadline_s is not None:
+                budget_ms = (w.deadline_s - w.enqueued_s) * 1e3
+                if tightest_ms is None or budget_ms < tightest_ms:
+                    tightest_ms = budget_ms
+                near = near or near_miss((finished - w.enqueued_s) * 1e3, budget_ms)
+        self.limit = aimd_update(self.limit, batch_too_slow(service_s * 1e3, tightest_ms), self._aimd)
+        if tightest_ms is not None:
             self.hold_scale = hold_scale_update(self.hold_scale, near)
         if self._on_batch is not None:
             self._on_batch(rows, service_s)
