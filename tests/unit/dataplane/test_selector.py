@@ -190,3 +190,32 @@ def test_a_choice_is_kept_for_a_while_it_still_fits() -> None:
     int8.queued_rows, int8.busy, int8.running_ms = 30, 0, 0.0
     assert chooser.choose(live, slo, 1, now=later + 3e-4)[0] == "fp32"  # kept again
     assert chooser.choose(dict(live), slo, 1, now=later + 4e-4)[0] == "int8"  # other running variants: afresh
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 3000), st.integers(1, 8), st.floats(0.5, 2.0), st.integers(1, 64), st.floats(0.5, 50.0))
+def test_the_kept_check_of_the_only_inline_variant_predicts_as_the_policy(
+    queued: int, rows: int, correction: float, limit: int, latency: float
+) -> None:
+    """The only variant on the event loop is kept with its correction and batch limit as they were; its queue
+    is read per query, and with those unchanged the check predicts what the policy does, and refuses alike."""
+    profiles = {VersionId("fp32"): profile(0.5, 0.01, 0.97, 0.01, 2.0)}
+    state = Live(queued_rows=0, busy=0, replica_count=2, batch_limit=limit, correction=correction, running_ms=0.0)
+    state.inline = True
+    live: dict[VersionId, LiveState] = {VersionId("fp32"): state}
+    slo = Slo(latency_ms=latency, min_accuracy=0.95)
+    chooser = VariantChooser(profiles, 64)
+    try:
+        chooser.choose(live, slo, rows, now=1.0)  # kept, if it fits an empty queue
+    except (AdmissionRefused, InvalidArgumentError):
+        return
+    state.queued_rows = queued
+    try:
+        expected = VariantChooser(profiles, 64).choose(live, slo, rows)
+    except (AdmissionRefused, InvalidArgumentError) as error:
+        with pytest.raises(type(error)):
+            chooser.choose(live, slo, rows, now=1.0 + RESELECT_S / 2)
+        return
+    variant, predicted_ms, _ = chooser.choose(live, slo, rows, now=1.0 + RESELECT_S / 2)
+    assert variant == expected[0]
+    assert predicted_ms == pytest.approx(expected[1])
