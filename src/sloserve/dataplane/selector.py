@@ -177,8 +177,8 @@ class VariantChooser:
     near its limit that decides whether the tight class makes its SLO. So, given the time, a choice is
     *kept* for :data:`RESELECT_S` per (rows, SLO) and running variants: within it a query takes the same
     variant after one check, that it is still predicted to finish in time (else the policy runs at once);
-    only the cost ranking can be that much out of date, and, for the only variant on the event loop, the
-    correction and batch limit that check uses (its queue is read per query). This is INFaaS's split of a
+    only the cost ranking can be that much out of date, and, for a variant on the event loop, the
+    corrections and batch limits that check uses (the queues it waits for are read per query). This is INFaaS's split of a
     per-query check from a periodic decision, with a period short enough for the autoscaler's starts to
     count at once. What the check reads is kept to a minimum: on a busy server each attribute chain costs
     a cache miss (the full prediction of one inline variant took a median 4.8 µs there, 2.3 in a tight loop).
@@ -198,8 +198,8 @@ class VariantChooser:
         """The variant chosen for the previous query."""
         self._kept: dict[tuple[int, float | None, float], _Kept] = {}
         """Per (rows, accuracy floor, latency bound): until when, for which running variants, the choice, the
-        demand it saw, its live state, and, when it is the only variant on the event loop (its own queue is all
-        it waits for), its correction, batch limit, replicas and latency model as they were when chosen."""
+        demand it saw, and, for a variant on the event loop, what the check needs besides the queues it waits
+        for, as it was when chosen (:meth:`_frozen`)."""
 
     def choose(
         self, live: Mapping[VersionId, LiveState], slo: Slo, rows: int, now: float | None = None
@@ -223,16 +223,23 @@ class VariantChooser:
         if now is not None and not slo.best_effort:
             kept = self._kept.get(kept_key)
             if kept is not None and now < kept[0] and kept[1] is live:
-                _, _, version, cheaper, state, frozen = kept
-                if frozen is None:  # on workers, or one of several inline variants: predicted afresh
+                _, _, version, cheaper, frozen = kept
+                if frozen is None:  # on workers: predicted afresh
                     predicted = self._predict_kept(live, version, rows)
-                else:  # the only variant on the event loop: its own queue is all it waits for
-                    correction, limit, replicas, intercept, per_row = frozen
-                    queued = state.queued_rows
-                    predicted = correction * (intercept + per_row * max(rows, min(limit, queued + rows)))
-                    if queued:
-                        batches_ahead = math.ceil(queued / limit)
-                        predicted += batches_ahead * correction * (intercept + per_row * min(limit, queued)) / replicas
+                else:  # on the event loop: it waits for the queues of every variant there (its own first)
+                    predicted = 0.0
+                    own = -1
+                    for state, correction, limit, replicas, intercept, per_row in frozen:
+                        queued = state.queued_rows
+                        if own < 0:
+                            own = queued
+                        if queued:
+                            batches_ahead = math.ceil(queued / limit)
+                            predicted += (
+                                batches_ahead * correction * (intercept + per_row * min(limit, queued)) / replicas
+                            )
+                    _, correction, limit, _, intercept, per_row = frozen[0]
+                    predicted += correction * (intercept + per_row * max(rows, min(limit, own + rows)))
                 if predicted <= bound:
                     self.recent = version
                     return version, predicted, cheaper
@@ -309,13 +316,29 @@ class VariantChooser:
         if now is not None and not slo.best_effort and chosen is not None and chosen.replica_count > 0:
             if len(self._kept) >= _IDLE_VIEWS:
                 self._kept.clear()
-            frozen = None
-            if chosen.inline and len(live) == 1:  # nothing runs beside it, and nothing waits but its queue
-                _, _, intercept, per_row, _ = static[version]
-                limit = max(1, min(chosen.batch_limit, max_batch or 1))
-                frozen = (chosen.correction, limit, chosen.replica_count, intercept, per_row)
-            self._kept[kept_key] = (now + RESELECT_S, live, version, cheaper, chosen, frozen)
+            self._kept[kept_key] = (now + RESELECT_S, live, version, cheaper, self._frozen(live, version))
         return version, predicted, cheaper
+
+    def _frozen(self, live: Mapping[VersionId, LiveState], version: VersionId) -> _Frozen | None:
+        """For a kept inline variant, each inline variant's (live state, correction, batch limit, replicas,
+        latency model) as they are now, the kept one first: what its check needs besides the queues. None for
+        a variant on workers (its check reads everything afresh)."""
+        if not live[version].inline:
+            return None
+        frozen: list[tuple[LiveState, float, int, int, float, float]] = []
+        for other, state in live.items():
+            known = self._static.get(other)
+            if known is None or not state.inline:
+                continue
+            if state.replica_count <= 0:
+                return None
+            limit = max(1, min(state.batch_limit, self._max_batch or 1))
+            entry = (state, state.correction, limit, state.replica_count, known[2], known[3])
+            if other == version:
+                frozen.insert(0, entry)
+            else:
+                frozen.append(entry)
+        return tuple(frozen)
 
     def _predict_kept(self, live: Mapping[VersionId, LiveState], version: VersionId, rows: int) -> float:
         """The kept (running) variant's predicted completion now, as :meth:`choose` works it out."""
@@ -385,14 +408,8 @@ class VariantChooser:
 
 _IDLE_VIEWS = 1024
 """Distinct (rows, SLO) pairs remembered per model; past it the memory starts again."""
-_Kept = tuple[
-    float,
-    Mapping[VersionId, LiveState],
-    VersionId,
-    "VersionId | None",
-    LiveState,
-    "tuple[float, int, int, float, float] | None",
-]
+_Frozen = tuple[tuple[LiveState, float, int, int, float, float], ...]
+_Kept = tuple[float, Mapping[VersionId, LiveState], VersionId, "VersionId | None", "_Frozen | None"]
 RESELECT_S = 0.01
 """How long :meth:`VariantChooser.choose` keeps a choice for queries of the same rows and SLO while it still
 fits: 10 ms, so at 1,000-15,000 queries a second in a few classes the policy runs for one query in 5-70

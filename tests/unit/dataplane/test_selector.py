@@ -193,23 +193,36 @@ def test_a_choice_is_kept_for_a_while_it_still_fits() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(0, 3000), st.integers(1, 8), st.floats(0.5, 2.0), st.integers(1, 64), st.floats(0.5, 50.0))
-def test_the_kept_check_of_the_only_inline_variant_predicts_as_the_policy(
-    queued: int, rows: int, correction: float, limit: int, latency: float
+@given(
+    st.integers(0, 3000),
+    st.integers(0, 3000),
+    st.integers(1, 8),
+    st.floats(0.5, 2.0),
+    st.integers(1, 64),
+    st.floats(0.5, 50.0),
+)
+def test_the_kept_check_of_an_inline_variant_predicts_as_the_policy(
+    queued: int, other_queued: int, rows: int, correction: float, limit: int, latency: float
 ) -> None:
-    """The only variant on the event loop is kept with its correction and batch limit as they were; its queue
-    is read per query, and with those unchanged the check predicts what the policy does, and refuses alike."""
-    profiles = {VersionId("fp32"): profile(0.5, 0.01, 0.97, 0.01, 2.0)}
+    """An inline variant is kept with the corrections and batch limits of the inline variants as they were;
+    the queues it waits for (its own, and another variant's on the same event loop, not accurate enough to
+    serve the query) are read per query, and with the rest unchanged the check predicts what the policy
+    does, and refuses alike."""
+    profiles = {
+        VersionId("fp32"): profile(0.5, 0.01, 0.97, 0.01, 2.0),
+        VersionId("pruned"): profile(0.3, 0.005, 0.90, 0.005, 2.0),
+    }
     state = Live(queued_rows=0, busy=0, replica_count=2, batch_limit=limit, correction=correction, running_ms=0.0)
-    state.inline = True
-    live: dict[VersionId, LiveState] = {VersionId("fp32"): state}
+    other = Live(queued_rows=0, busy=0, replica_count=1, batch_limit=32, correction=1.5, running_ms=0.0)
+    state.inline = other.inline = True
+    live: dict[VersionId, LiveState] = {VersionId("pruned"): other, VersionId("fp32"): state}
     slo = Slo(latency_ms=latency, min_accuracy=0.95)
     chooser = VariantChooser(profiles, 64)
     try:
-        chooser.choose(live, slo, rows, now=1.0)  # kept, if it fits an empty queue
+        chooser.choose(live, slo, rows, now=1.0)  # kept, if it fits empty queues
     except (AdmissionRefused, InvalidArgumentError):
         return
-    state.queued_rows = queued
+    state.queued_rows, other.queued_rows = queued, other_queued
     try:
         expected = VariantChooser(profiles, 64).choose(live, slo, rows)
     except (AdmissionRefused, InvalidArgumentError) as error:
@@ -217,5 +230,5 @@ def test_the_kept_check_of_the_only_inline_variant_predicts_as_the_policy(
             chooser.choose(live, slo, rows, now=1.0 + RESELECT_S / 2)
         return
     variant, predicted_ms, _ = chooser.choose(live, slo, rows, now=1.0 + RESELECT_S / 2)
-    assert variant == expected[0]
+    assert variant == expected[0] == "fp32"
     assert predicted_ms == pytest.approx(expected[1])
