@@ -232,3 +232,26 @@ def test_the_kept_check_of_an_inline_variant_predicts_as_the_policy(
     variant, predicted_ms, _ = chooser.choose(live, slo, rows, now=1.0 + RESELECT_S / 2)
     assert variant == expected[0] == "fp32"
     assert predicted_ms == pytest.approx(expected[1])
+
+
+def test_an_impossible_slo_is_refused_alike_every_time_and_served_when_best_effort() -> None:
+    """The 400 for an SLO no variant meets even idle is worked out once per (rows, SLO): the same message, the
+    pure policy's, for every such query; with best_effort the query is served by the closest variant."""
+    profiles = {
+        VersionId("fp32"): profile(0.5, 0.01, 0.97, 0.01, 2.0),
+        VersionId("int8"): profile(0.3, 0.01, 0.96, 0.005, 2.0),
+    }
+    live: dict[VersionId, LiveState] = {
+        VersionId("fp32"): Live(queued_rows=0, busy=0, replica_count=1, batch_limit=64, correction=1.0, running_ms=0.0)
+    }
+    slo = Slo(latency_ms=0.1, min_accuracy=0.95)
+    with pytest.raises(InvalidArgumentError) as expected:
+        choose_variant(profiles, live, slo, 2, 64)
+    chooser = VariantChooser(profiles, 64)
+    for now in (1.0, 1.0 + RESELECT_S / 2, 5.0):
+        with pytest.raises(InvalidArgumentError) as raised:
+            chooser.choose(live, slo, 2, now=now)
+        assert str(raised.value) == str(expected.value)
+        assert "int8 (~0.32 ms" in str(raised.value)  # the closest variant, named
+    best = Slo(latency_ms=0.1, min_accuracy=0.95, best_effort=True)
+    assert chooser.choose(live, best, 2, now=5.0)[0] == choose_variant(profiles, live, best, 2, 64).variant
