@@ -391,17 +391,21 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
                     run = summarize_step(results, classes, dict(accuracy), cpu_used(before, after))
                     if args.verbose:
                         console.print(f"{label} at {step:.0%}, run {rep + 1}: {run} {measured['errors']}")
-                    acc = pooled.setdefault(label, {"results": [], "cpu": 0.0, "front": 0.0, "runs": []})
+                    acc = pooled.setdefault(
+                        label, {"results": [], "cpu": 0.0, "front": 0.0, "runs": [], "cpu_runs": []}
+                    )
                     acc["results"] += results
                     acc["cpu"] += cpu_used(before, after)
                     acc["front"] += after[proc.pid] - before[proc.pid]
                     acc["runs"].append(run["attainment"])
+                    acc["cpu_runs"].append(run["cpu_s_per_1k"])
             for label, _, _ in configs:
                 acc = pooled[label]
                 summary = summarize_step(acc["results"], classes, dict(accuracy), acc["cpu"])
                 summary["frontend_ms"] = acc["front"] / max(summary["sent"], 1) * 1e3
                 summary["worker_cpu_s_per_1k"] = (acc["cpu"] - acc["front"]) / max(summary["sent"], 1) * 1e3
                 summary["runs"] = acc["runs"]
+                summary["cpu_runs"] = acc["cpu_runs"]
                 out.append((label, step, summary))
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -460,7 +464,9 @@ def print_table(name: str, out: list[tuple[str, float, dict[str, Any]]], classes
     )
     columns = ["load", "config", "sent", "attainment", "refused", "accuracy", "p99 ms", "CPU-s/1k", "workers"]
     repeated = any(len(r["runs"]) > 1 for _, _, r in out)
-    for col in [*columns, "runs (min-max)"] if repeated else columns:
+    # a run's CPU per query drifts by up to a third on a small shared machine: the range shows which
+    # differences in cost between configurations are larger than that
+    for col in [*columns, "runs (min-max)", "CPU-s/1k runs"] if repeated else columns:
         table.add_column(col, justify="left" if col == "config" else "right")
     for label, step, r in out:
         table.add_row(
@@ -473,7 +479,11 @@ def print_table(name: str, out: list[tuple[str, float, dict[str, Any]]], classes
             f"{r['p99_ms']:.1f}",
             f"{r['cpu_s_per_1k']:.3f}",
             f"{r['worker_cpu_s_per_1k']:.3f}",
-            *([f"{min(r['runs']):.1%}-{max(r['runs']):.1%}"] if repeated else []),
+            *(
+                [f"{min(r['runs']):.1%}-{max(r['runs']):.1%}", f"{min(r['cpu_runs']):.3f}-{max(r['cpu_runs']):.3f}"]
+                if repeated
+                else []
+            ),
         )
     console.print(table)
     summary = Table(title=f"{name}: per load step, configurations reaching ≥ 99% attainment")
