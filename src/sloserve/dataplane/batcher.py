@@ -302,12 +302,53 @@ class DynamicBatcher:
                     await asyncio.sleep(0)
                     turn_started = self._clock.now()
                 continue
-            replica = await self._replicas.acquire()
+            replica = self._replicas.try_acquire() or await self._acquire()
+            if replica is None:
+                continue
             batch = self._take()
             if not batch:
                 self._replicas.release(replica)
                 continue
             self._start(batch, replica)
+
+    async def _acquire(self) -> Replica | None:
+        """Wait for a replica slot (every one busy, or none healthy). Meanwhile the request at the head is failed
+        the moment it can no longer make its deadline, not when a slot frees: a replica that is down for a
+        while must not keep a client with a 10 ms SLO waiting for as long. None once nothing waits."""
+        queue = self._queue
+        while True:
+            now = self._clock.now()
+            while queue.heap:
+                first = queue.head()
+                if first.future.done():  # the caller gave up while waiting
+                    queue.pop()
+                elif first.deadline_s is not None and expired(
+                    now * 1e3, first.deadline_s * 1e3, first.rows, self.model
+                ):
+                    self._drop_late(queue.pop(), now)
+                else:
+                    break
+            if not queue.heap:
+                return None
+            head = queue.head()
+            wait_s = None
+            if head.deadline_s is not None:
+                wait_s = max(_TIMER_GRAIN_S, head.deadline_s - self.model.predict_ms(head.rows) / 1e3 - now)
+            with contextlib.suppress(UnavailableError):  # no slot within wait_s: look at the head again
+                return await self._replicas.acquire(wait_s)
+
+    def _drop_late(self, waiting: _Waiting, now: float) -> None:
+        """Fail a request that can no longer finish in time even alone with DEADLINE_EXCEEDED."""
+        self.expired += 1
+        self.hold_scale = hold_scale_update(self.hold_scale, True)
+        _fail(
+            [waiting],
+            DeadlineExceededError(
+                f"dropped before compute: the request could no longer finish within its latency SLO "
+                f"(waited {(now - waiting.enqueued_s) * 1e3:.1f} ms; a batch takes "
+                f"~{self.model.predict_ms(waiting.rows):.2f} ms)"
+            ),
+        )
 
     def _start(self, batch: list[_Waiting], replica: Replica) -> None:
         task = asyncio.create_task(self._run(batch, replica))
@@ -350,16 +391,7 @@ class DynamicBatcher:
             if waiting.deadline_s is not None and expired(
                 now * 1e3, waiting.deadline_s * 1e3, waiting.rows, self.model
             ):
-                self.expired += 1
-                self.hold_scale = hold_scale_update(self.hold_scale, True)
-                _fail(
-                    [waiting],
-                    DeadlineExceededError(
-                        f"dropped before compute: the request could no longer finish within its latency SLO "
-                        f"(waited {(now - waiting.enqueued_s) * 1e3:.1f} ms; a batch takes "
-                        f"~{self.model.predict_ms(waiting.rows):.2f} ms)"
-                    ),
-                )
+                self._drop_late(waiting, now)
                 continue
             entries.append(entry)
             rows += waiting.rows

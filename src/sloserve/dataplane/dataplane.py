@@ -156,7 +156,7 @@ class DataPlane:
                 variants.append(
                     VariantLoad(
                         version,
-                        host.replica_count if host is not None else 0,
+                        len(host.running.replicas) if host is not None else 0,  # down or not: restarts are not scaling
                         (routed + refused) / interval_s,
                         capacity,
                         queue_ms,

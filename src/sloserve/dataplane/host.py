@@ -112,7 +112,13 @@ class VersionHost:
 
     @property
     def replica_count(self) -> int:
-        return len(self.running.replicas)
+        """Replicas that can take a batch now, which selection divides the queue by: 0 while every worker or
+        actor is down or restarting, so admission refuses SLO queries at once (429) instead of queueing them to
+        expire. Inline replicas are always all of them (they are down only while the version unloads)."""
+        replicas = self.running.replicas
+        if self.inline:
+            return len(replicas)
+        return sum(1 for r in replicas if r.healthy)
 
     @property
     def batch_limit(self) -> int:

@@ -245,6 +245,30 @@ async def test_a_request_that_cannot_make_its_deadline_is_dropped_before_compute
     await blocker
 
 
+async def test_a_request_is_dropped_when_its_deadline_passes_while_no_replica_can_take_it() -> None:
+    """Not when a replica frees up (or comes back) later: a client with a 10 ms SLO hears within ~10 ms."""
+    clock = FakeClock()
+    busy, down = FakeReplica("busy", capacity=1), FakeReplica("down", capacity=1)
+    down.healthy_flag = False
+    batcher = make([busy, down], clock)
+    batcher.model = LatencyModel(intercept_ms=2.0, per_row_ms=0.0)
+    blocker = batcher.submit(rows(0.0), 1)
+    await settle()
+    doomed = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.010)
+    patient = batcher.submit(rows(2.0), 1)  # no deadline: it waits for a replica
+    for _ in range(20):
+        await clock.advance(0.002)
+    assert doomed.done() and not patient.done()
+    with pytest.raises(DeadlineExceededError, match="before compute"):
+        await doomed
+    assert batcher.expired == 1 and len(busy.batches) == 1
+    busy.complete(0, double(busy.batches[0]))
+    await settle()
+    busy.complete(1, double(busy.batches[1]))
+    assert (await patient).outputs["y"][0, 0] == 4.0
+    await blocker
+
+
 async def test_batch_size_shrinks_to_fit_the_tightest_deadline() -> None:
     clock = FakeClock()
     replica = FakeReplica(capacity=1)

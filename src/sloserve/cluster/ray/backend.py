@@ -24,6 +24,17 @@ a bug) or :class:`CallCancelledError`.
 Ray drivers are per process: every :class:`CoreRayBackend` in one process shares
 the one ``ray.init`` connection, counted, and the last ``disconnect`` shuts it
 down. Run one front end per process.
+
+A driver also depends on this machine's raylet, whose object store every
+``ray.put`` (and every batch over 100 KiB) goes through: once that raylet is
+gone, Ray ends the whole process on the next such call ("the connection to the
+plasma store is failed. Terminate the process."). So on connecting, the backend
+finds the raylet's process from its object store socket and watches it (a
+pidfd, Linux); once it has exited, every call fails with
+:class:`ActorUnreachableError` without touching Ray and :meth:`CoreRayBackend.reachable`
+says no, so the cluster is lost and the connection shut down, as when the GCS
+goes (:mod:`~sloserve.cluster.ray.cluster`). A batch already in flight when the
+raylet dies can still take the process with it; nothing on this side can stop that.
 """
 
 from __future__ import annotations
@@ -32,6 +43,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
+import signal
+import socket
+import struct
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -178,6 +193,40 @@ async def tcp_reachable(host: str, port: int, timeout_s: float) -> bool:
 
 _driver_lock = threading.Lock()
 _driver_users = 0
+_local_raylet: int | None = None
+"""A pidfd of this machine's raylet while connected; None before, after, or where it cannot be watched."""
+
+
+def _watch_local_raylet(ray: Any) -> int | None:
+    """A pidfd of the process serving this driver's object store socket (the raylet), or None."""
+    try:
+        path = ray._private.worker.global_worker.node.plasma_store_socket_name
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.connect(path)
+            credentials = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid = struct.unpack("3i", credentials)[0]
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError, TypeError) as exc:  # not Linux, or Ray's internals moved
+        log.info("not watching this machine's raylet (%s): a Ray call after it dies may end this process", exc)
+        return None
+
+
+def _reinstall_signal_handlers() -> None:
+    """``ray.shutdown`` sets SIGTERM back to the default action underneath Python (which still lists the
+    server's handler): a front end that lost its cluster would then die on SIGTERM instead of draining.
+    Installing Python's handlers again puts them back (only the main thread may: elsewhere nothing to do)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for number in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(number)
+        if handler is not None:
+            signal.signal(number, handler)
+
+
+def local_raylet_gone() -> bool:
+    """True once the watched raylet has exited (its pidfd reads ready)."""
+    watched = _local_raylet
+    return watched is not None and bool(select.select([watched], [], [], 0)[0])
 
 
 async def _off_loop(work: Callable[[], T]) -> T:
@@ -219,6 +268,8 @@ def _driver() -> Any:
 
     if not ray.is_initialized():
         raise ActorUnreachableError("not connected to the Ray cluster")
+    if local_raylet_gone():
+        raise ActorUnreachableError("this machine's Ray node (its raylet and object store) is gone")
     return ray
 
 
@@ -278,6 +329,8 @@ class CoreRayBackend:
         return self._address
 
     async def reachable(self, timeout_s: float) -> bool:
+        if self._connected and local_raylet_gone():
+            return False
         if self._gcs is None:
             return True  # an address we cannot probe ("auto"): the calls themselves tell
         return await tcp_reachable(*self._gcs, timeout_s)
@@ -296,7 +349,7 @@ class CoreRayBackend:
         self._connected = True
 
     def _init(self, namespace: str) -> None:
-        global _driver_users
+        global _driver_users, _local_raylet
         os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
         import ray
 
@@ -311,6 +364,7 @@ class CoreRayBackend:
                 gcs = split_address(ray.get_runtime_context().gcs_address)
                 if gcs is not None:
                     self._gcs = gcs
+                _local_raylet = _watch_local_raylet(ray)
             _driver_users += 1
 
     async def disconnect(self) -> None:
@@ -318,16 +372,21 @@ class CoreRayBackend:
             return
         self._connected = False
         await _off_loop(self._shutdown)
+        _reinstall_signal_handlers()
 
     @staticmethod
     def _shutdown() -> None:
-        global _driver_users
+        global _driver_users, _local_raylet
         import ray
 
         with _driver_lock:
             _driver_users = max(0, _driver_users - 1)
-            if _driver_users == 0 and ray.is_initialized():
-                ray.shutdown()
+            if _driver_users == 0:
+                if ray.is_initialized():
+                    ray.shutdown()
+                if _local_raylet is not None:
+                    os.close(_local_raylet)
+                    _local_raylet = None
 
     async def find_actor(self, name: str, namespace: str) -> object | None:
         def find() -> object | None:
