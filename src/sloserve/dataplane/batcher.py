@@ -9,7 +9,8 @@ into batches:
   request with a deadline may wait :func:`~sloserve.policy.batching.hold_ms` of
   its latency budget (at most ``max_slo_hold_s``, times :attr:`hold_scale`,
   which AIMD shrinks when requests come near their deadlines, and less while
-  the event loop runs behind: ``loop_hold``), one without a
+  the event loop runs behind; a tight class only while the loop has room:
+  :class:`LoopShare`), one without a
   deadline ``max_queue_delay_s``; never later than a full batch could still make
   the head's deadline, and not at all once the batch is full (an arrival wakes
   the loop only when it fills the batch or brings the release forward);
@@ -37,7 +38,7 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -52,9 +53,7 @@ from sloserve.errors import (
     UnavailableError,
 )
 from sloserve.policy.batching import (
-    HOLD_RESERVE_MS,
     MIN_HOLD_MS,
-    SLO_HOLD_FRACTION,
     AimdConfig,
     LatencyModel,
     aimd_update,
@@ -63,6 +62,7 @@ from sloserve.policy.batching import (
     expired,
     hold_ms,
     hold_scale_update,
+    holdable_ms,
     near_miss,
 )
 from sloserve.replica import Arrays, Replica, ReplicaOutputs
@@ -73,9 +73,9 @@ Outputs = dict[str, np.ndarray[Any, Any]]
 _TIMER_GRAIN_S = MIN_HOLD_MS / 1e3
 """A hold with less left than this ends now: the event loop's timers have a resolution of a millisecond
 (uvloop's fire at once below half of it), and waiting on them would spin the loop."""
-_HOLDABLE_MS = HOLD_RESERVE_MS + MIN_HOLD_MS / SLO_HOLD_FRACTION
-"""The least latency budget :func:`hold_ms` can give a hold to (7.5 ms): a tighter request is not held, and
-spared working out by how much."""
+_HOLDABLE_MS = holdable_ms(0.0)
+"""The least latency budget :func:`hold_ms` can give a hold to on a busy loop (7.5 ms): a tighter request is not
+held, and spared working out by how much."""
 INLINE_TURN_S = 0.002
 """With inline replicas the batcher runs batches in its own turn of the event loop, one after another while
 requests wait, for at most this long before it lets the loop read and answer (see :meth:`DynamicBatcher._loop`)."""
@@ -143,6 +143,20 @@ class _Queue:
         return min(w.release_s for _, _, w in self.heap)
 
 
+class LoopShare(Protocol):
+    """What the batcher reads of the event loop (:class:`~sloserve.dataplane.loop_load.LoopLag`)."""
+
+    @property
+    def hold_share(self) -> float:
+        """The share of its hold a request gets given how far behind the loop runs (:func:`lag_hold_scale`)."""
+        ...
+
+    @property
+    def room(self) -> float:
+        """The room the loop has for holding tight classes, in [0, 1] (:func:`hold_ms`)."""
+        ...
+
+
 BatchObserver = Callable[[int, float], None]
 """Called with (rows, service seconds) for every batch that ran successfully.
 
@@ -163,7 +177,7 @@ class DynamicBatcher:
         clock: Clock,
         on_batch: BatchObserver | None = None,
         model: LatencyModel | None = None,
-        loop_hold: Callable[[], float] | None = None,
+        loop: LoopShare | None = None,
     ) -> None:
         self._spec = spec
         self._replicas = replicas
@@ -185,9 +199,8 @@ class DynamicBatcher:
         self._holds = spec.max_batch_size > 0 and (spec.max_queue_delay_s > 0 or self._slo_holds)
         self._window_until: float | None = None
         """While the loop holds a batch for more requests: until when."""
-        self._loop_hold = loop_hold
-        """The share of its hold a request gets given how far behind the event loop runs (1: it has room;
-        :func:`~sloserve.policy.batching.lag_hold_scale`)."""
+        self._loop_share = loop
+        """How the event loop fares (None: as if idle for the lag, busy for tight holds)."""
         self.hold_scale = 1.0
         """How much of their hold requests with a deadline get (:func:`hold_scale_update`)."""
         self._closed = False
@@ -231,11 +244,15 @@ class DynamicBatcher:
         if self._holds:
             if deadline_s is None:
                 release += self._spec.max_queue_delay_s
-            elif self._slo_holds and (budget_ms := (deadline_s - now) * 1e3) >= _HOLDABLE_MS:
-                scale = self.hold_scale
-                if self._loop_hold is not None:
-                    scale *= self._loop_hold()
-                release += hold_ms(budget_ms, self._spec.max_slo_hold_s * 1e3, scale) / 1e3
+            elif self._slo_holds:
+                budget_ms = (deadline_s - now) * 1e3
+                loop = self._loop_share
+                if loop is None:
+                    if budget_ms >= _HOLDABLE_MS:
+                        release += hold_ms(budget_ms, self._spec.max_slo_hold_s * 1e3, self.hold_scale) / 1e3
+                elif budget_ms >= (_HOLDABLE_MS if (room := loop.room) == 0.0 else holdable_ms(room)):
+                    scale = self.hold_scale * loop.hold_share
+                    release += hold_ms(budget_ms, self._spec.max_slo_hold_s * 1e3, scale, room) / 1e3
         waiting = _Waiting(inputs, rows, now, deadline_s, release, future)
         self._queue.push(waiting)
         if release <= now and self._dispatch_now():

@@ -28,7 +28,6 @@ from sloserve.dataplane.validation import check_request
 from sloserve.errors import NotFoundError, ResourceExhaustedError, SloserveError, UnavailableError
 from sloserve.metrics import ServingMetrics
 from sloserve.policy.autoscale import VariantLoad, capacity_within_slo
-from sloserve.policy.batching import lag_hold_scale
 from sloserve.policy.selection import Slo
 from sloserve.protocol.types import InferRequest, InferResponse, Tensor
 from sloserve.types import ModelName, VersionId
@@ -79,10 +78,6 @@ class DataPlane:
 
     # -- wiring, called by the composition root and the control plane -----------------------------
 
-    def _hold_share(self) -> float:
-        """The share of their hold requests get now: none once the event loop runs behind."""
-        return lag_hold_scale(self._loop_lag.lag_ms)
-
     def attach_control(self, control: RepositoryControl) -> None:
         self._control = control
 
@@ -114,7 +109,7 @@ class DataPlane:
                         self._metrics,
                         profile=profile,
                         split_rows=profile.best_batch if profile is not None else None,
-                        loop_hold=self._hold_share,
+                        loop=self._loop_lag,
                     )
                     host.start()
                 hosts[version] = host

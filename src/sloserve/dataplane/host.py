@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sloserve.catalog import RunningVersion
 from sloserve.clock import Clock
-from sloserve.dataplane.batcher import BatchingSpec, DynamicBatcher
+from sloserve.dataplane.batcher import BatchingSpec, DynamicBatcher, LoopShare
 from sloserve.dataplane.hedger import Hedger
 from sloserve.dataplane.replica_set import ReplicaSet
 from sloserve.dataplane.stats import ModelStats
@@ -43,7 +42,7 @@ class VersionHost:
         split_rows: int | None = None,
         routing: Routing = DEFAULT_ROUTING,
         profile: VariantProfile | None = None,
-        loop_hold: Callable[[], float] | None = None,
+        loop: LoopShare | None = None,
     ) -> None:
         self.config = config
         self.running = running
@@ -79,7 +78,7 @@ class VersionHost:
             self._observe(rows, service_s * 1e3)
 
         initial = self._profiled_model(profile) if profile is not None else LatencyModel(0.0, 0.0)
-        self.batcher = DynamicBatcher(spec, self.replicas, clock, on_batch, initial, loop_hold)
+        self.batcher = DynamicBatcher(spec, self.replicas, clock, on_batch, initial, loop)
 
     def _profiled_model(self, p: VariantProfile) -> LatencyModel:
         return LatencyModel(p.latency_intercept_ms * self.correction, p.latency_per_row_ms * self.correction)

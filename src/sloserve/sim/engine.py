@@ -322,8 +322,8 @@ class Simulator:
         heappush(pool.edf, (deadline, rid))
         pool.queued_rows += rows
         if self.release and rid not in self.best_effort:
-            scale = pool.hold_scale * loop_hold_scale(self._frontend_busy(t))
-            hold = hold_ms(self.deadlines[rid] - t, self.config.max_slo_hold_ms, scale)
+            room = loop_hold_scale(self._frontend_busy(t))  # the server's lag gate, and its room for tight holds
+            hold = hold_ms(self.deadlines[rid] - t, self.config.max_slo_hold_ms, pool.hold_scale * room, room)
             self.release[rid] = release = t + hold
             pool.release_at = min(pool.release_at, release)
         pool.routed_rows += rows

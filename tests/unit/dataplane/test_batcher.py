@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from sloserve.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from sloserve.policy.batching import LatencyModel, hold_ms, lag_hold_scale
+from sloserve.policy.batching import LatencyModel, hold_ms, holdable_ms, lag_hold_scale
 from sloserve.replica import Arrays
 from sloserve.testing import FakeClock, FakeReplica
 from sloserve.testing.fakes import settle
@@ -470,13 +471,11 @@ async def test_no_request_is_held_while_the_event_loop_runs_behind() -> None:
     clock = FakeClock()
     replica = FakeReplica(compute=double)
     spec = BatchingSpec(max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=100, max_slo_hold_s=0.002)
-    lag_ms = [2.0]
-    batcher = DynamicBatcher(
-        spec, ReplicaSet([replica], ["y"], clock), clock, loop_hold=lambda: lag_hold_scale(lag_ms[0])
-    )
+    loop = Loop(hold_share=lag_hold_scale(2.0), room=0.0)
+    batcher = DynamicBatcher(spec, ReplicaSet([replica], ["y"], clock), clock, loop=loop)
     batcher.start()
     await batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.010)  # answered without the clock moving
-    lag_ms[0] = 0.1
+    loop.hold_share = lag_hold_scale(0.1)
     held = batcher.submit(rows(2.0), 1, deadline_s=clock.now() + 0.010)
     await settle()
     assert len(replica.batches) == 1
@@ -484,6 +483,34 @@ async def test_no_request_is_held_while_the_event_loop_runs_behind() -> None:
     assert len(replica.batches) == 2
     await held
     await batcher.close()
+
+
+async def test_a_tight_request_is_held_only_while_the_event_loop_has_room() -> None:
+    """A 5 ms request is not held on a busy loop; on one with room (at most half busy) it waits 1 ms for others."""
+    clock = FakeClock()
+    replica = FakeReplica(compute=double)
+    spec = BatchingSpec(max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=100, max_slo_hold_s=0.002)
+    loop = Loop(hold_share=1.0, room=0.0)
+    batcher = DynamicBatcher(spec, ReplicaSet([replica], ["y"], clock), clock, loop=loop)
+    batcher.start()
+    await batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.005)  # busy: answered without the clock moving
+    loop.room = 1.0
+    held = batcher.submit(rows(2.0), 1, deadline_s=clock.now() + 0.005)
+    joins = batcher.submit(rows(3.0), 1, deadline_s=clock.now() + 0.005)
+    await settle()
+    await clock.advance(0.0009)
+    assert len(replica.batches) == 1
+    await clock.advance(0.0002)
+    assert len(replica.batches) == 2 and replica.batches[1]["x"].shape[0] == 2  # one batch of both
+    await held
+    await joins
+    await batcher.close()
+
+
+@dataclass
+class Loop:
+    hold_share: float
+    room: float
 
 
 class InlineFake(FakeReplica):
@@ -533,10 +560,13 @@ async def test_inline_batches_take_what_arrived_in_one_turn_and_run_without_a_ta
     await batcher.close()
 
 
-@given(st.floats(0.0, 100.0), st.floats(0.0, 50.0), st.floats(0.0, 1.0))
+@given(st.floats(0.0, 100.0), st.floats(0.0, 50.0), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
 def test_a_request_with_too_little_budget_to_be_held_is_not_worked_out(
-    budget_ms: float, max_hold_ms: float, scale: float
+    budget_ms: float, max_hold_ms: float, scale: float, room: float
 ) -> None:
-    """``submit`` skips :func:`hold_ms` below ``_HOLDABLE_MS`` of budget: it would have said 0 there."""
+    """``submit`` skips :func:`hold_ms` below ``holdable_ms(room)`` of budget (``_HOLDABLE_MS`` with no room): it
+    would have said 0 there."""
     if budget_ms < _HOLDABLE_MS:
         assert hold_ms(budget_ms, max_hold_ms, scale) == 0.0
+    if budget_ms < holdable_ms(room):
+        assert hold_ms(budget_ms, max_hold_ms, scale, room) == 0.0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from sloserve.dataplane.loop_load import LoopLag
 
 
@@ -29,3 +31,19 @@ async def test_the_lag_follows_how_long_the_loop_takes_to_come_round() -> None:
     assert lag.lag_ms < 2.0
     lag.stop()
     assert lag.lag_ms == 0.0
+
+
+async def test_the_busy_share_is_the_loop_threads_cpu_over_each_window_and_gives_the_room() -> None:
+    """``busy`` is CPU seconds per second of the loop's thread over each 100 ms window (clocks faked, the
+    timer real); ``room`` follows it (none until a window is measured, and once stopped)."""
+    now, cpu = [0.0], [0.0]
+    lag = LoopLag(clock=lambda: now[0], period_s=0.001, cpu=lambda: cpu[0])
+    assert lag.room == 0.0
+    lag.start()
+    for busy, room in ((0.3, 1.0), (0.8, 0.0), (0.575, 0.5)):
+        now[0] += 0.1
+        cpu[0] += 0.1 * busy
+        await asyncio.sleep(0.005)  # a few looks: one closes the window
+        assert lag.busy == pytest.approx(busy) and lag.room == pytest.approx(room)
+    lag.stop()
+    assert lag.busy == 0.0 and lag.room == 0.0 and lag.hold_share == 1.0

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -92,6 +93,17 @@ def test_a_request_is_held_a_fifth_of_its_slo_beyond_the_reserve_up_to_the_cap()
     assert hold_ms(10.0, 2.0, scale=0.5) == 0.5
     assert hold_ms(10.0, 2.0, scale=0.4) == 0.0  # 0.4 ms: under the event loop's timer resolution
     assert hold_ms(25.0, 0.0) == 0.0
+
+
+def test_a_tight_request_is_held_as_the_event_loop_has_room() -> None:
+    from sloserve.policy.batching import hold_ms, loop_hold_scale
+
+    assert loop_hold_scale(0.5) == 1.0 and loop_hold_scale(0.65) == 0.0
+    assert hold_ms(5.0, 2.0, room=1.0) == 1.0  # half of what is left beyond a 3 ms reserve
+    assert hold_ms(5.0, 2.0, room=0.8) == pytest.approx(0.44 * (5.0 - 3.4))  # reserve and share in between
+    assert hold_ms(5.0, 2.0, room=0.6) == 0.0  # 0.46 ms: under the event loop's timer resolution
+    assert hold_ms(10.0, 2.0, room=1.0) == 2.0 and hold_ms(10.0, 2.0, room=0.0) == 1.0
+    assert hold_ms(25.0, 2.0, room=1.0) == 2.0  # capped alike
 
 
 def test_the_hold_scale_halves_after_a_near_miss_and_creeps_back() -> None:
