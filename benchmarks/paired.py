@@ -1,7 +1,8 @@
 """Paired A/B of two sloserve servers under the same open load: for effects smaller than this machine's drift.
 
     python benchmarks/paired.py --rate 5900 [--model digits] [--workdir DIR] [--reps 8] [--seconds 3]
-                                [--path modelless|VERSION] [--a-env JSON] [--b-env JSON] [--tight-ms 5]
+                                [--path modelless|VERSION] [--b-path VERSION] [--a-env JSON] [--b-env JSON]
+                                [--tight-ms 5]
 
 On the 2-core machine the same configuration measures 150-235 µs of server CPU per query in
 consecutive 5 s runs, and whole phases run 40% slower than an hour before: a difference of 5-10%
@@ -9,17 +10,19 @@ between two builds or settings is invisible in `slo.py`'s two runs per cell. Thi
 side by side on copies of one registered model (`slo.py --workdir` registers it; the same DIR reuses
 it), A and B, differing only in their environment: `--a-env '{"PYTHONPATH": "/tmp/old/src"}'` runs an
 older checkout (`git worktree add /tmp/old REV`) against this one, or an environment variable the code
-reads. Each rep runs the same seeded open-loop Poisson load (`slo.py`'s generator and SLO classes,
+reads, or with `--b-path fp32` model-less (A) against the same server pinned to `fp32` (B). Each rep runs the same seeded open-loop Poisson load (`slo.py`'s generator and SLO classes,
 half tight, half loose, 256 connections as in `slo.py`) against A and B back to back, alternating which goes first, 1 s of warm-up
 and `--seconds` measured each; drift hits both alike, and the paired differences show it.
 
-It prints each rep's server CPU per query (the front end's own process), attainment, p50 and p99,
+It prints each rep's server CPU per query (the front end's own process), attainment, p50 and p99, the
+misses (answered late, refused with 429, dropped with 504, other),
 then the means and the paired A - B differences: their median and in how many reps A was cheaper.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import shutil
 import signal
@@ -57,22 +60,29 @@ def copy_model(base: Path, target: Path) -> tuple[Path, Path]:
 
 def measure(
     port: int, pid: int, load: dict[str, Any], seconds: float, seed: int, classes: list[slo.SloClass]
-) -> dict[str, float]:
+) -> dict[str, Any]:
     slo.generate(**load, port=port, seconds=1.0, seed=0)
     before = slo.cpu_by_process(pid)
     measured = slo.generate(**load, port=port, seconds=seconds, seed=seed)
     after = slo.cpu_by_process(pid)
     results = measured["results"]
     sent = max(len(results), 1)
-    met = 0
+    met = late = refused = dropped = 0
     for klass, status, ms, _ in results:
         met += status == 200 and ms <= classes[klass].latency_ms
+        late += status == 200 and ms > classes[klass].latency_ms
+        refused += status == 429
+        dropped += status == 504
     latencies = sorted(ms for _, _, ms, _ in results) or [0.0]
     return {
         "server_us": (after.get(pid, 0.0) - before.get(pid, 0.0)) / sent * 1e6,
         "attainment": met / sent,
         "p50_ms": latencies[len(latencies) // 2],
         "p99_ms": latencies[int(len(latencies) * 0.99)],
+        "misses": f"{late} / {refused} / {dropped} / {sent - met - late - refused - dropped}",
+        "variants": " ".join(
+            f"{v}:{n / sent:.0%}" for v, n in collections.Counter(r[3] for r in results if r[3]).most_common(3)
+        ),
     }
 
 
@@ -84,6 +94,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per server per rep")
     parser.add_argument("--path", default="modelless", help="modelless (SLOs sent), or a version to pin (no SLOs)")
+    parser.add_argument(
+        "--b-path", default=None, help="server B's path if not --path's (e.g. fp32: model-less vs pinned)"
+    )
     parser.add_argument("--a-env", default="{}", help="JSON object: environment variables server A adds")
     parser.add_argument("--b-env", default="{}", help="JSON object: environment variables server B adds")
     parser.add_argument("--tight-ms", type=float, default=5.0, help="the tight class's latency SLO (loose: 5x)")
@@ -95,21 +108,26 @@ def main() -> None:
         records, x = slo.register(args.model, base / "repo", base / "home", 0.2)
     classes = slo.classes_for(records, 0.0, args.tight_ms)
     rows = [row.tolist() for row in x[:32]]
-    modelless = args.path == "modelless"
-    path = f"/v2/models/{args.model}/infer" if modelless else f"/v2/models/{args.model}/versions/{args.path}/infer"
-    load = dict(
-        kind="open",
-        path=path,
-        rows=rows,
-        connections=args.connections,
-        rate=args.rate,
-        send_slo=modelless,
-        classes=[c.__dict__ for c in classes],
-    )
+    loads = {
+        name: dict(
+            kind="open",
+            path=f"/v2/models/{args.model}/infer"
+            if chosen == "modelless"
+            else f"/v2/models/{args.model}/versions/{chosen.removesuffix('+slo')}/infer",
+            rows=rows,
+            connections=args.connections,
+            rate=args.rate,
+            send_slo=chosen == "modelless" or chosen.endswith("+slo"),
+            classes=[c.__dict__ for c in classes],
+        )
+        for name, chosen in (("A", args.path), ("B", args.b_path or args.path))
+    }
     servers: dict[str, tuple[Any, int]] = {}
-    runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
-    table = Table(title=f"{args.model}, {path}, {args.rate:,.0f} queries/s, {args.seconds:g} s per run")
-    for column in ("rep", "server", "server µs/query", "attainment", "p50 ms", "p99 ms"):
+    runs: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
+    paths = loads["A"]["path"] if loads["A"] == loads["B"] else f"A {loads['A']['path']}, B {loads['B']['path']}"
+    table = Table(title=f"{args.model}, {paths}, {args.rate:,.0f} queries/s, {args.seconds:g} s per run")
+    columns = ("rep", "server", "server µs/query", "attainment", "p50 ms", "p99 ms", "late/429/504/other", "served by")
+    for column in columns:
         table.add_column(column, justify="right")
     try:
         for name in "AB":
@@ -119,7 +137,7 @@ def main() -> None:
             with console.status(f"rep {rep + 1}/{args.reps}"):
                 for name in "AB" if rep % 2 == 0 else "BA":
                     proc, port = servers[name]
-                    run = measure(port, proc.pid, load, args.seconds, rep, classes)
+                    run = measure(port, proc.pid, loads[name], args.seconds, rep, classes)
                     runs[name].append(run)
                     table.add_row(
                         str(rep + 1),
@@ -128,6 +146,8 @@ def main() -> None:
                         f"{run['attainment']:.2%}",
                         f"{run['p50_ms']:.2f}",
                         f"{run['p99_ms']:.2f}",
+                        str(run["misses"]),
+                        str(run["variants"]),
                     )
     finally:
         for proc, _ in servers.values():
