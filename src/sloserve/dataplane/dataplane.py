@@ -194,15 +194,13 @@ class DataPlane:
             )
         return view, VersionId(version)
 
-    async def _host(self, name: str, version: str | None) -> VersionHost:
-        view, wanted = self._view(name, version)
-        host = view.hosts.get(wanted)
-        if host is None:  # a served version that is not running yet: start it (cold start)
-            await self._require_control().ensure_running(name, wanted)
-            view, wanted = self._view(name, version)
-            host = view.hosts.get(wanted)
-            if host is None:
-                raise UnavailableError(f"version {wanted!r} of model {name!r} could not be started")
+    async def _cold_start(self, name: str, version: VersionId) -> VersionHost:
+        """The host of a served version that is not running yet, once started."""
+        await self._require_control().ensure_running(name, version)
+        view, _ = self._view(name, version)
+        host = view.hosts.get(version)
+        if host is None:
+            raise UnavailableError(f"version {version!r} of model {name!r} could not be started")
         return host
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
@@ -246,7 +244,7 @@ class DataPlane:
         inputs, rows, output_names = check_request(request, config, max_rows)
         if not request.model_version and view.loaded.profiles:
             version = self._select(view, slo, rows)
-        host = await self._host(name, version)
+        host = view.hosts.get(version) or await self._cold_start(name, version)
         host.routed(rows)
         deadline = None if slo.latency_ms is None or slo.best_effort else started + slo.latency_ms / 1e3
         key = input_digest(inputs) if host.config.cache.enabled else None
