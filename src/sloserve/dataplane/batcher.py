@@ -222,6 +222,11 @@ class DynamicBatcher:
         return self._queue.rows
 
     @property
+    def queue(self) -> _Queue:
+        """The waiting requests (its ``rows`` are :attr:`queued_rows`); the same object for the batcher's life."""
+        return self._queue
+
+    @property
     def busy(self) -> int:
         """Batches running on replicas now."""
         return len(self._running)

@@ -79,6 +79,8 @@ class VersionHost:
 
         initial = self._profiled_model(profile) if profile is not None else LatencyModel(0.0, 0.0)
         self.batcher = DynamicBatcher(spec, self.replicas, clock, on_batch, initial, loop)
+        self.queue = self.batcher.queue
+        """The batcher's queue, which selection's kept check reads directly (``LiveState.queue``)."""
 
     def _profiled_model(self, p: VariantProfile) -> LatencyModel:
         return LatencyModel(p.latency_intercept_ms * self.correction, p.latency_per_row_ms * self.correction)

@@ -34,6 +34,14 @@ class Live:
     running_ms: float
     inline: bool = False
 
+    @property
+    def queue(self) -> Live:  # its own queue: the kept check reads ``rows`` as the policy reads ``queued_rows``
+        return self
+
+    @property
+    def rows(self) -> int:
+        return self.queued_rows
+
 
 def profile(intercept: float, per_row: float, accuracy: float, cost: float, load_ms: float) -> VariantProfile:
     stats = LatencyStats(intercept, intercept, intercept)
@@ -255,3 +263,21 @@ def test_an_impossible_slo_is_refused_alike_every_time_and_served_when_best_effo
         assert "int8 (~0.32 ms" in str(raised.value)  # the closest variant, named
     best = Slo(latency_ms=0.1, min_accuracy=0.95, best_effort=True)
     assert chooser.choose(live, best, 2, now=5.0)[0] == choose_variant(profiles, live, best, 2, 64).variant
+
+
+def test_a_cheaper_variant_is_demand_even_when_its_cold_start_fits_only_on_an_idle_loop() -> None:
+    """``fp32`` (not running) would fit an 11 ms SLO with its 10 ms cold start on an idle loop, but not behind
+    the 1 ms the running inline variant has queued: the query goes to ``pruned``, and ``fp32`` is the cheaper
+    variant the autoscaler should start (hypothesis found it recorded as nothing)."""
+    profiles = {
+        VersionId("fp32"): profile(1.0, 0.0, 0.9, 0.5, 10.0),
+        VersionId("pruned"): profile(1.0, 0.0, 0.9, 1.0, 10.0),
+    }
+    live: dict[VersionId, LiveState] = {
+        VersionId("pruned"): Live(
+            queued_rows=1, busy=0, replica_count=1, batch_limit=1, correction=1.0, running_ms=0.0, inline=True
+        )
+    }
+    slo = Slo(latency_ms=11.0)
+    assert VariantChooser(profiles, 64).choose(live, slo, 1) == ("pruned", 2.0, "fp32")
+    assert cheaper_idle(profiles, live, slo, 1, None) == "fp32"
