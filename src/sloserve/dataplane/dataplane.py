@@ -237,7 +237,7 @@ class DataPlane:
             waited_ms = (self._clock.now() - started) * 1e3
             lag_ms = self._loop_lag.lag_ms
             if waited_ms + LAG_TURNS * lag_ms >= slo.latency_ms:  # what the loop alone will make it wait
-                self._metrics.request_rejected(name, "slo_overloaded")
+                self._metrics.request_rejected(name, "loop_overloaded")
                 raise ResourceExhaustedError(_loop_overloaded(waited_ms, lag_ms, slo.latency_ms))
         split_rows = config.max_batch_size
         max_rows = split_rows * MAX_CHUNKS if split_rows > 0 else None

@@ -248,6 +248,9 @@ async def test_a_query_whose_slo_the_event_loops_lag_would_spend_is_refused_befo
     with pytest.raises(ResourceExhaustedError, match=r"event loop runs ~2\.0 ms behind"):
         await plane.infer(tight)
     assert not any(f.batches for f in fakes)
+    assert (
+        'sloserve_request_failure_total{model="m",reason="loop_overloaded"} 1.0' in plane._metrics.exposition().decode()
+    )
     loose = infer_request(x)
     loose.parameters = {"latency_slo_ms": 7}  # 1.5 + 4 < 7 (and too tight to be held for a batch)
     loose.received_s = clock.now() - 0.0015
