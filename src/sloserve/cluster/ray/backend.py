@@ -224,9 +224,14 @@ def _reinstall_signal_handlers() -> None:
 
 
 def local_raylet_gone() -> bool:
-    """True once the watched raylet has exited (its pidfd reads ready)."""
+    """True once the watched raylet has exited (its pidfd reads ready; ``poll``, as a server with many
+    connections can hold the pidfd above ``select``'s 1024)."""
     watched = _local_raylet
-    return watched is not None and bool(select.select([watched], [], [], 0)[0])
+    if watched is None:
+        return False
+    poller = select.poll()
+    poller.register(watched, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 async def _off_loop(work: Callable[[], T]) -> T:
