@@ -244,7 +244,8 @@ class RayCluster:
             async with asyncio.timeout(self._connect_timeout_s):
                 await self._backend.connect(self.namespace)
         except (UnavailableError, TimeoutError) as exc:
-            log.warning("the Ray cluster at %s answers but connecting failed: %s", self.address, exc)
+            why = getattr(exc, "message", "") or f"no connection within {self._connect_timeout_s:g} s"
+            log.warning("the Ray cluster at %s answers but connecting failed: %s", self.address, why)
             return
         self._connected = True
         log.info("reconnected to the Ray cluster at %s; re-attaching replicas", self.address)
