@@ -10,7 +10,7 @@ path only reads ``self._models``.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -227,18 +227,33 @@ class DataPlane:
 
     # -- inference --------------------------------------------------------------------------------
 
+    def admit(self, name: str, version: str | None, received_s: float | None, parameters: Mapping[str, Any]) -> None:
+        """Refuse at once (RESOURCE_EXHAUSTED) a query whose latency SLO the event loop's lag already spends:
+        it has waited to be read, and still waits a turn of the loop for its batch and another for its answer.
+
+        Transports call it with a request's parameters as soon as they have them, before decoding its tensors
+        (the codecs' ``admit``), because that is when the loop is behind: a refusal then costs about half of
+        what serving does, most of it the parse, and every µs it saves goes to the queries still served.
+        Unknown models and invalid parameters raise what :meth:`infer` would."""
+        view, _ = self._view(name, version)
+        self._admit(view, view.slos(parameters), self._clock.now() if received_s is None else received_s)
+
+    def _admit(self, view: _ModelView, slo: Slo, started: float) -> None:
+        if slo.latency_ms is not None and not slo.best_effort and slo.latency_ms > view.chooser.fastest_ms:
+            waited_ms = (self._clock.now() - started) * 1e3
+            lag_ms = self._loop_lag.lag_ms
+            if waited_ms + LAG_TURNS * lag_ms >= slo.latency_ms:  # what the loop alone will make it wait
+                self._metrics.request_rejected(view.loaded.name, "loop_overloaded")
+                raise ResourceExhaustedError(_loop_overloaded(waited_ms, lag_ms, slo.latency_ms))
+
     async def infer(self, request: InferRequest) -> InferResponse:
         name = request.model_name
         started = self._clock.now() if request.received_s is None else request.received_s
         view, version = self._view(name, request.model_version)
         config = view.loaded.config
         slo = view.slos(request.parameters)
-        if slo.latency_ms is not None and not slo.best_effort and slo.latency_ms > view.chooser.fastest_ms:
-            waited_ms = (self._clock.now() - started) * 1e3
-            lag_ms = self._loop_lag.lag_ms
-            if waited_ms + LAG_TURNS * lag_ms >= slo.latency_ms:  # what the loop alone will make it wait
-                self._metrics.request_rejected(name, "loop_overloaded")
-                raise ResourceExhaustedError(_loop_overloaded(waited_ms, lag_ms, slo.latency_ms))
+        if not request.admitted:
+            self._admit(view, slo, started)
         split_rows = config.max_batch_size
         max_rows = split_rows * MAX_CHUNKS if split_rows > 0 else None
         inputs, rows, output_names = check_request(request, config, max_rows)

@@ -28,7 +28,7 @@ from sloserve.protocol.raw_tensor import (
     element_count,
     raw_from_array,
 )
-from sloserve.protocol.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from sloserve.protocol.types import Admit, InferRequest, InferResponse, RequestedOutput, Tensor
 
 ParameterValue = bool | int | float | str
 RepositoryParameterValue = bool | int | str | bytes
@@ -59,8 +59,12 @@ _UINT64_MAX: Final = 2**64 - 1
 # ------------------------------------------------------------------ requests
 
 
-def request_from_proto(msg: pb.ModelInferRequest) -> InferRequest:
-    """Decode a ``ModelInferRequest``; client mistakes raise InvalidArgumentError."""
+def request_from_proto(msg: pb.ModelInferRequest, admit: Admit | None = None) -> InferRequest:
+    """Decode a ``ModelInferRequest``; client mistakes raise InvalidArgumentError. ``admit`` sees the request's
+    parameters before any tensor is decoded."""
+    parameters = parameters_from_proto(msg.parameters, "request")
+    if admit is not None:
+        admit(parameters)
     entries = msg.inputs
     raw = list(msg.raw_input_contents)
     if raw and len(raw) != len(entries):
@@ -83,7 +87,8 @@ def request_from_proto(msg: pb.ModelInferRequest) -> InferRequest:
         id=msg.id or None,
         inputs=inputs,
         outputs=outputs,
-        parameters=parameters_from_proto(msg.parameters, "request"),
+        parameters=parameters,
+        admitted=admit is not None,
     )
 
 

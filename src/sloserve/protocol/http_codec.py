@@ -22,7 +22,7 @@ from sloserve.datatypes import DATATYPES
 from sloserve.errors import InvalidArgumentError
 from sloserve.protocol.json_tensor import array_from_json, json_from_array
 from sloserve.protocol.raw_tensor import array_from_raw, checked_shape, raw_from_array
-from sloserve.protocol.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from sloserve.protocol.types import Admit, InferRequest, InferResponse, RequestedOutput, Tensor
 
 BINARY_DATA_SIZE: Final = "binary_data_size"
 BINARY_DATA: Final = "binary_data"
@@ -34,9 +34,10 @@ _DATATYPES: Final = frozenset(DATATYPES)
 
 
 def decode_infer_request(
-    body: bytes, header_length: int | None, model_name: str, model_version: str | None
+    body: bytes, header_length: int | None, model_name: str, model_version: str | None, admit: Admit | None = None
 ) -> InferRequest:
-    """Decode a v2 inference request body (JSON, or JSON header plus binary tensors)."""
+    """Decode a v2 inference request body (JSON, or JSON header plus binary tensors); ``admit`` sees the
+    request's parameters before any tensor is decoded."""
     header: bytes | memoryview = body
     binary = _NO_BINARY
     if header_length is not None:
@@ -57,6 +58,9 @@ def decode_infer_request(
         raise InvalidArgumentError(f"request body is not valid JSON: {exc}{hint}") from None
     if not isinstance(document, dict):
         raise InvalidArgumentError("request body must be a JSON object")
+    parameters = _checked_parameters(document.get("parameters"), "request")
+    if admit is not None:
+        admit(parameters)
 
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
@@ -83,7 +87,8 @@ def decode_infer_request(
         inputs=inputs,
         id=request_id,
         outputs=_decode_outputs(document.get("outputs")),
-        parameters=_checked_parameters(document.get("parameters"), "request"),
+        parameters=parameters,
+        admitted=admit is not None,
     )
 
 

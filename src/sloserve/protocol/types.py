@@ -7,6 +7,7 @@ plane only ever sees these. ``Tensor.data`` is a numpy array already in
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,15 @@ class InferRequest:
     received_s: float | None = None
     """When the server received the request (the data plane's clock; None: when the data plane sees it).
     Latency SLOs count from here, so time spent waiting for a busy event loop to parse it counts."""
+    admitted: bool = False
+    """The transport already passed its parameters to an admission check (the codecs' ``admit``) before
+    decoding its tensors; the data plane does not check it again."""
+
+
+Admit = Callable[[Mapping[str, Any]], None]
+"""An early admission check a transport runs on a request's parameters, as soon as it has them and before it
+decodes the tensors: what it raises refuses the request at the cost of parsing it (the data plane's
+``DataPlane.admit``)."""
 
 
 @dataclass(slots=True)

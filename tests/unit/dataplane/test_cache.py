@@ -7,6 +7,7 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -20,6 +21,8 @@ from sloserve.metrics import ServingMetrics
 from sloserve.model_config import CacheConfig, HedgingConfig, ModelConfig, TensorSpec
 from sloserve.protocol.types import InferRequest, Tensor
 from sloserve.replica import Arrays
+from sloserve.server.http.app import HttpApp
+from sloserve.server.http.serve import HttpRequest
 from sloserve.testing import FakeClock, FakeReplica
 from sloserve.types import ModelName, VersionId
 
@@ -257,4 +260,39 @@ async def test_a_query_whose_slo_the_event_loops_lag_would_spend_is_refused_befo
     assert (await plane.infer(loose)).parameters["slo_met"] is True
     unbounded = infer_request(x)  # no latency SLO: nothing to refuse it for
     assert "slo_met" in (await plane.infer(unbounded)).parameters
+    await plane.apply_catalog(CatalogSnapshot())
+
+
+async def test_the_transport_refuses_for_the_loops_lag_before_decoding_tensors_and_infer_checks_no_more() -> None:
+    """Over HTTP the lag check runs once the body is parsed and before its tensors are decoded (so a refusal
+    costs the parse alone): a tight query is refused with 429 even when its tensor would not decode. A request
+    the transport admitted is not checked again (its decoding took time the check already allowed for)."""
+    plane, fakes, clock = await plane_with(CONFIG)
+    app = HttpApp(plane)
+    plane._loop_lag.lag_ms = 2.0
+    broken = orjson.dumps(
+        {
+            "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.0]}],
+            "parameters": {"latency_slo_ms": 5},
+        }
+    )
+    received = clock.now() - 0.0015  # 1.5 + 2 x 2.0 ms >= 5 ms
+    refused = await app(HttpRequest("POST", "/v2/models/m/infer", [], broken, received))
+    assert refused.status == 429 and b"event loop runs ~2.0 ms behind" in refused.body
+    loose = orjson.dumps(
+        {
+            "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}],
+            "parameters": {"latency_slo_ms": 7},
+        }
+    )
+    served = await app(HttpRequest("POST", "/v2/models/m/infer", [], loose, received))
+    assert served.status == 200 and orjson.loads(served.body)["outputs"][0]["data"] == [3.0, 6.0]
+    admitted = infer_request(np.array([[2.0, 3.0]], np.float32))  # not the cached input
+    admitted.parameters = {"latency_slo_ms": 5}
+    admitted.received_s = received
+    admitted.admitted = True  # as the transport marks it: the same query as the refused one, now served
+    assert (await plane.infer(admitted)).parameters["slo_met"] is True
+    assert sum(len(f.batches) for f in fakes) == 2
+    text = plane._metrics.exposition().decode()
+    assert 'sloserve_request_failure_total{model="m",reason="loop_overloaded"} 1.0' in text
     await plane.apply_catalog(CatalogSnapshot())

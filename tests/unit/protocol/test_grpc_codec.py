@@ -271,3 +271,24 @@ def test_arbitrary_messages_raise_only_invalid_argument(inputs: list[dict[str, A
         return
     for tensor in request.inputs:
         assert tensor.data.shape == tensor.shape
+
+
+def test_admit_sees_the_parameters_before_any_tensor_is_decoded() -> None:
+    """As over HTTP: the admission check runs on the request's parameters before its inputs are decoded."""
+    msg = pb.ModelInferRequest(model_name="m")
+    msg.inputs.add(name="a", datatype="FP32", shape=[1, 2])
+    msg.raw_input_contents.append(b"\x00\x00\x80?")  # 4 bytes for 2 values: would not decode
+    msg.parameters["latency_slo_ms"].double_param = 5.0
+    seen: list[dict[str, Any]] = []
+
+    def refuse(parameters: Any) -> None:
+        seen.append(dict(parameters))
+        raise InvalidArgumentError("refused by admission")
+
+    with pytest.raises(InvalidArgumentError, match="refused by admission"):
+        request_from_proto(msg, refuse)
+    assert seen == [{"latency_slo_ms": 5.0}]
+    with pytest.raises(InvalidArgumentError, match="input 'a'"):
+        request_from_proto(msg)
+    good = request_with(contents={"fp32_contents": [1, 2]})
+    assert request_from_proto(good, seen.append).admitted and not request_from_proto(good).admitted

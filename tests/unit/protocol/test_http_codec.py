@@ -486,3 +486,23 @@ def test_arbitrary_documents_raise_only_invalid_argument(
         return
     for tensor in request.inputs:
         assert tensor.data.shape == tensor.shape
+
+
+def test_admit_sees_the_parameters_before_any_tensor_is_decoded() -> None:
+    """A transport's admission check refuses a request at the cost of its parse: it runs before the inputs are
+    looked at, so a request it refuses is refused even with tensors that would not decode."""
+    seen: list[dict[str, Any]] = []
+
+    def refuse(parameters: Any) -> None:
+        seen.append(dict(parameters))
+        raise InvalidArgumentError("refused by admission")
+
+    broken = body_of({"inputs": [fp32_input(data=[1, 2])], "parameters": {"latency_slo_ms": 5}})  # 2 of 4 values
+    with pytest.raises(InvalidArgumentError, match="refused by admission"):
+        decode_infer_request(broken, None, "m", None, refuse)
+    assert seen == [{"latency_slo_ms": 5}]
+    with pytest.raises(InvalidArgumentError, match="4 elements but data has 2"):  # without it, the tensor is at fault
+        decode_infer_request(broken, None, "m", None)
+    admitted = decode_infer_request(body_of({"inputs": [fp32_input()]}), None, "m", None, seen.append)
+    assert admitted.admitted and seen[-1] == {}
+    assert not decode({"inputs": [fp32_input()]}).admitted

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -67,7 +68,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return await _call(context, work)
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        response = await self._dp.infer(request_from_proto(request))
+        admit = functools.partial(self._dp.admit, request.model_name, request.model_version or None, None)
+        response = await self._dp.infer(request_from_proto(request, admit))
         return response_to_proto(response)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:

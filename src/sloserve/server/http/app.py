@@ -8,6 +8,7 @@ lives in :mod:`sloserve.dataplane`, wire formats in :mod:`sloserve.protocol`.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import orjson
@@ -94,7 +95,8 @@ class HttpApp:
     async def _infer(self, name: str, version: str | None, request: HttpRequest) -> HttpResponse:
         raw_length = request.header(_HEADER_LENGTH)
         header_length = None if raw_length is None else _int_header(raw_length, "Inference-Header-Content-Length")
-        infer_request = decode_infer_request(request.body, header_length, name, version)
+        admit = functools.partial(self._dp.admit, name, version, request.received_s)
+        infer_request = decode_infer_request(request.body, header_length, name, version, admit)
         infer_request.received_s = request.received_s
         response = await self._dp.infer(infer_request)
         payload, json_length = encode_infer_response(response, infer_request)
