@@ -227,16 +227,19 @@ class DataPlane:
 
     # -- inference --------------------------------------------------------------------------------
 
-    def admit(self, name: str, version: str | None, received_s: float | None, parameters: Mapping[str, Any]) -> None:
+    def admit(self, name: str, version: str | None, received_s: float | None, parameters: Mapping[str, Any]) -> Slo:
         """Refuse at once (RESOURCE_EXHAUSTED) a query whose latency SLO the event loop's lag already spends:
         it has waited to be read, and still waits a turn of the loop for its batch and another for its answer.
 
         Transports call it with a request's parameters as soon as they have them, before decoding its tensors
         (the codecs' ``admit``), because that is when the loop is behind: a refusal then costs about half of
         what serving does, most of it the parse, and every µs it saves goes to the queries still served.
-        Unknown models and invalid parameters raise what :meth:`infer` would."""
+        Unknown models and invalid parameters raise what :meth:`infer` would. The request's SLO, for
+        :attr:`InferRequest.slo`."""
         view, _ = self._view(name, version)
-        self._admit(view, view.slos(parameters), self._clock.now() if received_s is None else received_s)
+        slo = view.slos(parameters)
+        self._admit(view, slo, self._clock.now() if received_s is None else received_s)
+        return slo
 
     def _admit(self, view: _ModelView, slo: Slo, started: float) -> None:
         if slo.latency_ms is not None and not slo.best_effort and slo.latency_ms > view.chooser.fastest_ms:
@@ -251,8 +254,9 @@ class DataPlane:
         started = self._clock.now() if request.received_s is None else request.received_s
         view, version = self._view(name, request.model_version)
         config = view.loaded.config
-        slo = view.slos(request.parameters)
-        if not request.admitted:
+        slo = request.slo
+        if slo is None:
+            slo = view.slos(request.parameters)
             self._admit(view, slo, started)
         split_rows = config.max_batch_size
         max_rows = split_rows * MAX_CHUNKS if split_rows > 0 else None

@@ -63,8 +63,7 @@ def request_from_proto(msg: pb.ModelInferRequest, admit: Admit | None = None) ->
     """Decode a ``ModelInferRequest``; client mistakes raise InvalidArgumentError. ``admit`` sees the request's
     parameters before any tensor is decoded."""
     parameters = parameters_from_proto(msg.parameters, "request")
-    if admit is not None:
-        admit(parameters)
+    slo = admit(parameters) if admit is not None else None
     entries = msg.inputs
     raw = list(msg.raw_input_contents)
     if raw and len(raw) != len(entries):
@@ -88,7 +87,7 @@ def request_from_proto(msg: pb.ModelInferRequest, admit: Admit | None = None) ->
         inputs=inputs,
         outputs=outputs,
         parameters=parameters,
-        admitted=admit is not None,
+        slo=slo,
     )
 
 

@@ -59,8 +59,7 @@ def decode_infer_request(
     if not isinstance(document, dict):
         raise InvalidArgumentError("request body must be a JSON object")
     parameters = _checked_parameters(document.get("parameters"), "request")
-    if admit is not None:
-        admit(parameters)
+    slo = admit(parameters) if admit is not None else None
 
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
@@ -88,7 +87,7 @@ def decode_infer_request(
         id=request_id,
         outputs=_decode_outputs(document.get("outputs")),
         parameters=parameters,
-        admitted=admit is not None,
+        slo=slo,
     )
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from sloserve.policy.selection import Slo
+
 
 @dataclass(slots=True)
 class Tensor:
@@ -41,15 +43,15 @@ class InferRequest:
     received_s: float | None = None
     """When the server received the request (the data plane's clock; None: when the data plane sees it).
     Latency SLOs count from here, so time spent waiting for a busy event loop to parse it counts."""
-    admitted: bool = False
-    """The transport already passed its parameters to an admission check (the codecs' ``admit``) before
-    decoding its tensors; the data plane does not check it again."""
+    slo: Slo | None = None
+    """Its SLO as the transport's admission check (the codecs' ``admit``) read it from ``parameters`` before
+    the tensors were decoded; None: not checked yet (the data plane checks it then)."""
 
 
-Admit = Callable[[Mapping[str, Any]], None]
+Admit = Callable[[Mapping[str, Any]], Slo]
 """An early admission check a transport runs on a request's parameters, as soon as it has them and before it
-decodes the tensors: what it raises refuses the request at the cost of parsing it (the data plane's
-``DataPlane.admit``)."""
+decodes the tensors: what it raises refuses the request at the cost of parsing it; what it returns, the
+request's SLO, goes into :attr:`InferRequest.slo` (the data plane's ``DataPlane.admit``)."""
 
 
 @dataclass(slots=True)

@@ -19,6 +19,7 @@ from sloserve.dataplane.dataplane import DataPlane
 from sloserve.errors import InvalidArgumentError, ResourceExhaustedError
 from sloserve.metrics import ServingMetrics
 from sloserve.model_config import CacheConfig, HedgingConfig, ModelConfig, TensorSpec
+from sloserve.policy.selection import Slo
 from sloserve.protocol.types import InferRequest, Tensor
 from sloserve.replica import Arrays
 from sloserve.server.http.app import HttpApp
@@ -290,7 +291,7 @@ async def test_the_transport_refuses_for_the_loops_lag_before_decoding_tensors_a
     admitted = infer_request(np.array([[2.0, 3.0]], np.float32))  # not the cached input
     admitted.parameters = {"latency_slo_ms": 5}
     admitted.received_s = received
-    admitted.admitted = True  # as the transport marks it: the same query as the refused one, now served
+    admitted.slo = Slo(latency_ms=5.0)  # as the transport's check leaves it: the refused query, now served
     assert (await plane.infer(admitted)).parameters["slo_met"] is True
     assert sum(len(f.batches) for f in fakes) == 2
     text = plane._metrics.exposition().decode()

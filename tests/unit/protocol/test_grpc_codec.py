@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sloserve.errors import InvalidArgumentError
+from sloserve.policy.selection import Slo
 from sloserve.protocol.generated import inference_pb2 as pb
 from sloserve.protocol.grpc_codec import (
     parameters_from_proto,
@@ -291,4 +292,5 @@ def test_admit_sees_the_parameters_before_any_tensor_is_decoded() -> None:
     with pytest.raises(InvalidArgumentError, match="input 'a'"):
         request_from_proto(msg)
     good = request_with(contents={"fp32_contents": [1, 2]})
-    assert request_from_proto(good, seen.append).admitted and not request_from_proto(good).admitted
+    slo = Slo(latency_ms=25.0)
+    assert request_from_proto(good, lambda _: slo).slo is slo and request_from_proto(good).slo is None

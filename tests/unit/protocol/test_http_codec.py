@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sloserve.errors import InvalidArgumentError
+from sloserve.policy.selection import Slo
 from sloserve.protocol.http_codec import decode_infer_request, encode_error, encode_infer_response
 from sloserve.protocol.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
@@ -503,6 +504,7 @@ def test_admit_sees_the_parameters_before_any_tensor_is_decoded() -> None:
     assert seen == [{"latency_slo_ms": 5}]
     with pytest.raises(InvalidArgumentError, match="4 elements but data has 2"):  # without it, the tensor is at fault
         decode_infer_request(broken, None, "m", None)
-    admitted = decode_infer_request(body_of({"inputs": [fp32_input()]}), None, "m", None, seen.append)
-    assert admitted.admitted and seen[-1] == {}
-    assert not decode({"inputs": [fp32_input()]}).admitted
+    slo = Slo(latency_ms=25.0, min_accuracy=0.9)
+    admitted = decode_infer_request(body_of({"inputs": [fp32_input()]}), None, "m", None, lambda _: slo)
+    assert admitted.slo is slo  # what the check made of the parameters, for the data plane
+    assert decode({"inputs": [fp32_input()]}).slo is None
