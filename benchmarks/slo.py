@@ -58,6 +58,12 @@ from rich.table import Table
 
 console = Console()
 HERE = Path(__file__).resolve()
+SPEED_SIGMA = 0.15
+SPEED_WINDOW_MS = 100.0
+"""The development VM's speed of the moment, for the simulator's ``--frontend-speed-sigma``: the server's
+loop-thread CPU per query in 100 ms windows under steady open load varied with a log standard deviation of
+0.18 within 3 s runs (`digits` model-less, 20% of capacity) and 0.12 (`digits_wide` pinned to `distilled`,
+40%), neighbouring windows correlated 0.65-0.74, and 3 s runs' means apart by 0.04-0.11 more."""
 
 
 @dataclass(frozen=True)
@@ -517,19 +523,27 @@ def simulate_compare(
 
     The simulated front end costs what the server's own process spent per query in that step
     (CPU, measured: it falls as load rises and syscalls and wake-ups are shared); at 100x there
-    are 100 front ends and 100x the CPUs."""
+    are 100 front ends and 100x the CPUs. Once on a steady machine, once on one whose speed
+    varies as this one's does (``--sim-speed-sigma`` per ``--sim-speed-window-ms``)."""
     modelless = sorted((s, r) for label, s, r in out if label == "modelless")
     if not modelless:
         return
     table = Table(title=f"{name}: simulator vs measurement (model-less)")
-    for col in ("load", "front end ms/query", "measured", "simulated 1x", "sim 1x, free front end", "sim 100x"):
+    varying = f"sim 1x, speed sigma {args.sim_speed_sigma:g}"
+    columns = ("load", "front end ms/query", "measured", "simulated 1x", varying, "sim 1x, free front end", "sim 100x")
+    for col in columns:
         table.add_column(col, justify="right")
     env = {**os.environ, "SLOSERVE_HOME": str(home)}
     slo_flags = [f"--slo={c.name}:{c.latency_ms}:{c.min_accuracy}:0.5" for c in classes]
     for step, measured in modelless:
         frontend_ms = measured["frontend_ms"]
         sims = []
-        for scale, front in ((1, frontend_ms), (1, 0.0), (100, frontend_ms)):
+        for scale, front, sigma in (
+            (1, frontend_ms, 0.0),
+            (1, frontend_ms, args.sim_speed_sigma),
+            (1, 0.0, 0.0),
+            (100, frontend_ms, 0.0),
+        ):
             cmd = [
                 sys.executable,
                 "-m",
@@ -549,6 +563,10 @@ def simulate_compare(
                 str(front),
                 "--frontend-workers",
                 str(scale),
+                "--frontend-speed-sigma",
+                str(sigma),
+                "--frontend-speed-window-ms",
+                str(args.sim_speed_window_ms),
                 "--json",
                 "--seed",
                 "1",
@@ -593,6 +611,18 @@ def main() -> None:
     )
     parser.add_argument("--workdir", type=Path, default=None, help="keep (and reuse) registrations and logs here")
     parser.add_argument("--no-simulate", dest="simulate", action="store_false")
+    parser.add_argument(
+        "--sim-speed-sigma",
+        type=float,
+        default=SPEED_SIGMA,
+        help=f"the simulated machine's speed variation (lognormal sigma per window; default {SPEED_SIGMA}, this VM's)",
+    )
+    parser.add_argument(
+        "--sim-speed-window-ms",
+        type=float,
+        default=SPEED_WINDOW_MS,
+        help=f"how long the simulated machine keeps one speed (default {SPEED_WINDOW_MS:g})",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print each step's summary as it ends")
     args = parser.parse_args()
     for name in args.models.split(","):

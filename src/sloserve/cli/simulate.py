@@ -106,6 +106,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     g.add_argument("--frontend-workers", type=int, default=1, metavar="N", help="front-end processes (default 1)")
     g.add_argument(
+        "--frontend-speed-sigma",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="the machine's speed of the moment: each window of arrivals costs the front end --frontend-ms x a "
+        "lognormal factor with this sigma (default 0: steady)",
+    )
+    g.add_argument(
+        "--frontend-speed-window-ms",
+        type=float,
+        default=100.0,
+        metavar="MS",
+        help="how long the machine keeps one speed (default 100)",
+    )
+    g.add_argument(
         "--max-slo-hold-ms",
         type=float,
         default=2.0,
@@ -146,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         fixed_replicas=args.replicas,
         frontend_ms=args.frontend_ms,
         frontend_workers=args.frontend_workers,
+        frontend_speed_sigma=args.frontend_speed_sigma,
+        frontend_speed_window_ms=args.frontend_speed_window_ms,
         max_slo_hold_ms=args.max_slo_hold_ms,
     )
     report = simulate(families, workload, config)

@@ -114,20 +114,39 @@ class Trace:
     wall_s: float
 
 
-def frontend_exit_ms(arrivals_ms: FloatArray, service_ms: float, workers: int) -> FloatArray:
-    """When each request (sorted arrivals) leaves ``workers`` FIFO front ends that each hold it ``service_ms``.
+def frontend_service_ms(
+    arrivals_ms: FloatArray, service_ms: float, sigma: float, window_ms: float, rng: np.random.Generator
+) -> FloatArray:
+    """What each request (sorted arrivals) costs its front end: ``service_ms`` times the machine's speed factor
+    of its arrival's window (lognormal with ``sigma`` and mean 1, so that ``service_ms`` stays the mean cost, as
+    measured; one draw per window, in window order)."""
+    if sigma <= 0 or service_ms <= 0 or len(arrivals_ms) == 0:
+        return np.full(len(arrivals_ms), max(service_ms, 0.0))
+    window = (arrivals_ms // window_ms).astype(np.int64)
+    factors = rng.lognormal(-sigma * sigma / 2, sigma, int(window[-1]) + 1)
+    return np.asarray(service_ms * factors[window], dtype=np.float64)
 
-    Every request takes the front end that frees first; with one service time for all,
-    requests leave in arrival order, so the engine can admit them in that order.
+
+def frontend_exit_ms(arrivals_ms: FloatArray, service_ms: float | FloatArray, workers: int) -> FloatArray:
+    """When each request (sorted arrivals) leaves ``workers`` FIFO front ends that each hold it ``service_ms``
+    (one for all, or one per request).
+
+    Every request takes the front end that frees first. The engine admits requests in
+    order, so one never leaves before the request ahead of it (with one service time for
+    all that is the order they finish in anyway; with several front ends and varying
+    times it holds back the few that would overtake).
     """
-    if service_ms <= 0:
+    services = np.broadcast_to(np.asarray(service_ms, dtype=np.float64), arrivals_ms.shape)
+    if len(arrivals_ms) == 0 or not services.any():
         return arrivals_ms.copy()
     exits = np.empty_like(arrivals_ms)
     free = [0.0] * workers
-    for i, arrival in enumerate(arrivals_ms.tolist()):
+    last = -math.inf
+    for i, (arrival, service) in enumerate(zip(arrivals_ms.tolist(), services.tolist(), strict=True)):
         start = max(arrival, heappop(free))
-        exits[i] = start + service_ms
-        heappush(free, exits[i])
+        done = start + service
+        heappush(free, done)
+        last = exits[i] = max(done, last)
     return exits
 
 
@@ -163,11 +182,21 @@ class Simulator:
         self.heap: list[tuple[float, int, int, Pool | None, Any]] = []
         self.seq = 0
         self.events = 0
-        self.noise_rng = np.random.default_rng(np.random.SeedSequence(config.seed).spawn(2)[1])
+        seeds = np.random.SeedSequence(config.seed).spawn(3)
+        self.noise_rng = np.random.default_rng(seeds[1])
         self.noise: list[float] = []
         self.noise_at = 0
         n = len(workload)
-        admitted_ms = frontend_exit_ms(workload.time_ms, config.frontend_ms, config.frontend_workers)
+        services = frontend_service_ms(
+            workload.time_ms,
+            config.frontend_ms,
+            config.frontend_speed_sigma,
+            config.frontend_speed_window_ms,
+            np.random.default_rng(seeds[2]),
+        )
+        self.frontend_costs: list[float] | None = services.tolist() if config.frontend_speed_sigma > 0 else None
+        """What each request cost its front end (the busy share's measure); None: ``frontend_ms`` each."""
+        admitted_ms = frontend_exit_ms(workload.time_ms, services, config.frontend_workers)
         self.times: list[float] = admitted_ms.tolist()
         self.rows: list[int] = workload.rows.tolist()
         self.klass: list[int] = workload.klass.tolist()
@@ -184,7 +213,7 @@ class Simulator:
         # lag it could read, as the server's batcher does: policy/batching.py:lag_hold_scale).
         self.busy = 0.0
         self.busy_since = 0.0
-        self.busy_admitted = 0
+        self.busy_ms = 0.0
         self.best_effort: set[int] = set()
         """Requests served best effort (queued by their predicted completion, never dropped)."""
         self.fifo_pool: Pool | None = None
@@ -279,17 +308,17 @@ class Simulator:
     # ---- admission ----------------------------------------------------------
 
     def _frontend_busy(self, t: float) -> float:
-        """The front ends' busy share over the last complete window (each admission cost ``frontend_ms``)."""
+        """The front ends' busy share over the last complete window (what the requests admitted in it cost)."""
         if t - self.busy_since >= _LOAD_WINDOW_MS:
-            config = self.config
-            self.busy = self.busy_admitted * config.frontend_ms / (t - self.busy_since) / config.frontend_workers
+            self.busy = self.busy_ms / (t - self.busy_since) / self.config.frontend_workers
             self.busy_since = t
-            self.busy_admitted = 0
+            self.busy_ms = 0.0
         return self.busy
 
     def _admit(self, rid: int, t: float) -> None:
         """Admission at arrival: the variant select_variant chooses, or a refusal."""
-        self.busy_admitted += 1
+        costs = self.frontend_costs
+        self.busy_ms += self.config.frontend_ms if costs is None else costs[rid]
         m = self.model[rid]
         rows = self.rows[rid]
         k = self.klass[rid]
