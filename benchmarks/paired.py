@@ -14,6 +14,13 @@ reads, or with `--b-path fp32` model-less (A) against the same server pinned to 
 half tight, half loose, 256 connections as in `slo.py`) against A and B back to back, alternating which goes first, 1 s of warm-up
 and `--seconds` measured each; drift hits both alike, and the paired differences show it.
 
+The server process itself matters too: near the knee whichever server was started first did better
+in both of two runs at 60% of `digits_wide`'s capacity, and the one started second in both at 100%,
+by 5-13 points of attainment, whichever build each ran. So the reps come in two halves, and for the
+second the servers are started again with A and B in each other's places (start order, model copy,
+ports); the summary pools both halves and prints the attainment by place, which shows that effect
+(`--no-swap`: one half, A started first).
+
 It prints each rep's server CPU per query (the front end's own process), attainment, p50 and p99, the
 misses (answered late, refused with 429, dropped with 504, other),
 then the means and the paired A - B differences: their median and in how many reps A was cheaper.
@@ -101,6 +108,9 @@ def main() -> None:
     parser.add_argument("--b-env", default="{}", help="JSON object: environment variables server B adds")
     parser.add_argument("--tight-ms", type=float, default=5.0, help="the tight class's latency SLO (loose: 5x)")
     parser.add_argument("--connections", type=int, default=256, help="open-loop connections (slo.py's default)")
+    parser.add_argument(
+        "--no-swap", dest="swap", action="store_false", help="keep A started first for every rep (no second half)"
+    )
     args = parser.parse_args()
     envs = {"A": json.loads(args.a_env), "B": json.loads(args.b_env)}
     base = args.workdir / args.model
@@ -122,38 +132,50 @@ def main() -> None:
         )
         for name, chosen in (("A", args.path), ("B", args.b_path or args.path))
     }
-    servers: dict[str, tuple[Any, int]] = {}
     runs: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
+    by_place: dict[int, list[float]] = {1: [], 2: []}
     paths = loads["A"]["path"] if loads["A"] == loads["B"] else f"A {loads['A']['path']}, B {loads['B']['path']}"
     table = Table(title=f"{args.model}, {paths}, {args.rate:,.0f} queries/s, {args.seconds:g} s per run")
-    columns = ("rep", "server", "server µs/query", "attainment", "p50 ms", "p99 ms", "late/429/504/other", "served by")
-    for column in columns:
+    columns = ("rep", "server (started)", "server µs/query", "attainment", "p50 ms", "p99 ms", "late/429/504/other")
+    for column in (*columns, "served by"):
         table.add_column(column, justify="right")
-    try:
-        for name in "AB":
-            repo, home = copy_model(base, args.workdir / "paired" / args.model / name)
-            servers[name] = slo.start_server(repo, home, home.parent / "server.log", extra_env=envs[name])
-        for rep in range(args.reps):
-            with console.status(f"rep {rep + 1}/{args.reps}"):
-                for name in "AB" if rep % 2 == 0 else "BA":
-                    proc, port = servers[name]
-                    run = measure(port, proc.pid, loads[name], args.seconds, rep, classes)
-                    runs[name].append(run)
-                    table.add_row(
-                        str(rep + 1),
-                        name,
-                        f"{run['server_us']:.0f}",
-                        f"{run['attainment']:.2%}",
-                        f"{run['p50_ms']:.2f}",
-                        f"{run['p99_ms']:.2f}",
-                        str(run["misses"]),
-                        str(run["variants"]),
-                    )
-    finally:
-        for proc, _ in servers.values():
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
+    halves = ("AB", "BA") if args.swap and args.reps >= 2 else ("AB",)
+    rep = 0
+    for half, places in enumerate(halves):
+        servers: dict[str, tuple[Any, int]] = {}
+        try:
+            for place, name in enumerate(places, 1):
+                repo, home = copy_model(base, args.workdir / "paired" / args.model / f"place{place}")
+                servers[name] = slo.start_server(repo, home, home.parent / "server.log", extra_env=envs[name])
+            for _ in range(args.reps // len(halves) + (half < args.reps % len(halves))):
+                with console.status(f"rep {rep + 1}/{args.reps}"):
+                    for name in "AB" if rep % 2 == 0 else "BA":
+                        proc, port = servers[name]
+                        run = measure(port, proc.pid, loads[name], args.seconds, rep, classes)
+                        runs[name].append(run)
+                        place = places.index(name) + 1
+                        by_place[place].append(run["attainment"])
+                        table.add_row(
+                            str(rep + 1),
+                            f"{name} ({'1st' if place == 1 else '2nd'})",
+                            f"{run['server_us']:.0f}",
+                            f"{run['attainment']:.2%}",
+                            f"{run['p50_ms']:.2f}",
+                            f"{run['p99_ms']:.2f}",
+                            str(run["misses"]),
+                            str(run["variants"]),
+                        )
+                rep += 1
+        finally:
+            for proc, _ in servers.values():
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
     console.print(table)
+    if len(halves) == 2:
+        console.print(
+            "by place, whichever build: the server started first "
+            f"{statistics.mean(by_place[1]):.2%}, second {statistics.mean(by_place[2]):.2%}"
+        )
     for name in "AB":
         us = [r["server_us"] for r in runs[name]]
         attainment = [r["attainment"] for r in runs[name]]
