@@ -2,13 +2,14 @@
 
     python benchmarks/paired.py --rate 5900 [--model digits] [--workdir DIR] [--reps 8] [--seconds 3]
                                 [--path modelless|VERSION] [--b-path VERSION] [--a-env JSON] [--b-env JSON]
-                                [--tight-ms 5]
+                                [--a-config JSON] [--b-config JSON] [--tight-ms 5]
 
 On the 2-core machine the same configuration measures 150-235 µs of server CPU per query in
 consecutive 5 s runs, and whole phases run 40% slower than an hour before: a difference of 5-10%
 between two builds or settings is invisible in `slo.py`'s two runs per cell. This starts two servers
 side by side on copies of one registered model (`slo.py --workdir` registers it; the same DIR reuses
-it), A and B, differing only in their environment: `--a-env '{"PYTHONPATH": "/tmp/old/src"}'` runs an
+it), A and B, differing only in their environment or their copy of the model config (`--b-config
+'{"dynamic_batching": {"max_slo_hold_us": 0}}'`): `--a-env '{"PYTHONPATH": "/tmp/old/src"}'` runs an
 older checkout (`git worktree add /tmp/old REV`) against this one, or an environment variable the code
 reads, or with `--b-path fp32` model-less (A) against the same server pinned to `fp32` (B). Each rep runs the same seeded open-loop Poisson load (`slo.py`'s generator and SLO classes,
 half tight, half loose, 256 connections as in `slo.py`) against A and B back to back, alternating which goes first, 1 s of warm-up
@@ -65,6 +66,20 @@ def copy_model(base: Path, target: Path) -> tuple[Path, Path]:
     return target / "repo", target / "home"
 
 
+def patch_config(repo: Path, model: str, patch: dict[str, Any]) -> None:
+    """Merge ``patch`` into the copied model's config.json (one level deep: a dict value updates that section)."""
+    if not patch:
+        return
+    path = repo / model / "config.json"
+    config = json.loads(path.read_text())
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config, indent=2))
+
+
 def measure(
     port: int, pid: int, load: dict[str, Any], seconds: float, seed: int, classes: list[slo.SloClass]
 ) -> dict[str, Any]:
@@ -106,6 +121,12 @@ def main() -> None:
     )
     parser.add_argument("--a-env", default="{}", help="JSON object: environment variables server A adds")
     parser.add_argument("--b-env", default="{}", help="JSON object: environment variables server B adds")
+    parser.add_argument(
+        "--a-config",
+        default="{}",
+        help='JSON merged into server A\'s copy of the model config, e.g. \'{"dynamic_batching": {"max_slo_hold_us": 0}}\'',
+    )
+    parser.add_argument("--b-config", default="{}", help="the same for server B")
     parser.add_argument("--tight-ms", type=float, default=5.0, help="the tight class's latency SLO (loose: 5x)")
     parser.add_argument("--connections", type=int, default=256, help="open-loop connections (slo.py's default)")
     parser.add_argument(
@@ -113,6 +134,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     envs = {"A": json.loads(args.a_env), "B": json.loads(args.b_env)}
+    patches = {"A": json.loads(args.a_config), "B": json.loads(args.b_config)}
     base = args.workdir / args.model
     with console.status(f"registering {args.model} (once per workdir)"):
         records, x = slo.register(args.model, base / "repo", base / "home", 0.2)
@@ -146,6 +168,7 @@ def main() -> None:
         try:
             for place, name in enumerate(places, 1):
                 repo, home = copy_model(base, args.workdir / "paired" / args.model / f"place{place}")
+                patch_config(repo, args.model, patches[name])
                 servers[name] = slo.start_server(repo, home, home.parent / "server.log", extra_env=envs[name])
             for _ in range(args.reps // len(halves) + (half < args.reps % len(halves))):
                 with console.status(f"rep {rep + 1}/{args.reps}"):
@@ -180,7 +203,7 @@ def main() -> None:
         us = [r["server_us"] for r in runs[name]]
         attainment = [r["attainment"] for r in runs[name]]
         console.print(
-            f"{name} {json.dumps(envs[name])}: server {statistics.mean(us):.0f} µs/query (median "
+            f"{name} {json.dumps(envs[name])}{' ' + json.dumps(patches[name]) if patches[name] else ''}: server {statistics.mean(us):.0f} µs/query (median "
             f"{statistics.median(us):.0f}), attainment {statistics.mean(attainment):.2%} (lowest {min(attainment):.2%})"
         )
     diffs = [a["server_us"] - b["server_us"] for a, b in zip(runs["A"], runs["B"], strict=True)]
