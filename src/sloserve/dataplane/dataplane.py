@@ -78,6 +78,7 @@ class DataPlane:
         self._loop_lag.on_look = self._deferral.pump
         self._wanted: dict[tuple[str, VersionId], int] = {}
         """Rows that a variant not running would have served (refused, or sent to a dearer one)."""
+        metrics.on_read(self._take_kept_counts)
 
     # -- wiring, called by the composition root and the control plane -----------------------------
 
@@ -120,9 +121,13 @@ class DataPlane:
                 self._metrics.replicas(name, version, len(running.replicas))
             chooser = choosers.get(name)
             if chooser is None or self._models[name].loaded.profiles is not loaded.profiles:
+                if chooser is not None:
+                    self._take_counts(name, chooser)
                 chooser = VariantChooser(loaded.profiles, loaded.config.max_batch_size)
             slos = RequestSlos(loaded.config.default_slo, _reference_accuracy(loaded))
             models[name] = _ModelView(loaded, hosts, chooser, slos)
+        for unloaded in choosers.keys() - models.keys():  # what its kept choices served still counts
+            self._take_counts(unloaded, choosers[unloaded])
         self._models = models
         self._catalog = snapshot
         self._cache.retain(snapshot)  # answers of replaced models and versions go
@@ -134,6 +139,7 @@ class DataPlane:
     def variant_loads(self) -> dict[str, list[VariantLoad]]:
         """Per registered model, each variant's load since the last call (for the autoscaler)."""
         loads: dict[str, list[VariantLoad]] = {}
+        self._take_kept_counts()
         interval_s = self._load_interval()
         for name, view in self._models.items():
             loaded = view.loaded
@@ -166,6 +172,19 @@ class DataPlane:
                 )
             loads[name] = variants
         return loads
+
+    def _take_kept_counts(self) -> None:
+        """Add what the kept choices served (:meth:`VariantChooser.kept`) to the metrics and the demand."""
+        for name, view in self._models.items():
+            self._take_counts(name, view.chooser)
+
+    def _take_counts(self, name: str, chooser: VariantChooser) -> None:
+        served, wanted = chooser.take_counts(self._clock.now())
+        for version, count in served.items():
+            self._metrics.variant_selected(name, version, count)
+        for version, rows in wanted.items():
+            key = (name, version)
+            self._wanted[key] = self._wanted.get(key, 0) + rows
 
     def _load_interval(self) -> float:
         now = self._clock.now()
@@ -272,7 +291,8 @@ class DataPlane:
                 await turn
                 view, version = self._view(name, request.model_version)  # as it is now
         if not request.model_version and view.loaded.profiles:
-            version = self._select(view, slo, rows)
+            now = self._clock.now()
+            version = view.chooser.kept(view.hosts, slo, rows, now) or self._select(view, slo, rows, now)
         host = view.hosts.get(version) or await self._cold_start(name, version)
         host.routed(rows)
         deadline = None if slo.latency_ms is None or slo.best_effort else started + slo.latency_ms / 1e3
@@ -320,12 +340,13 @@ class DataPlane:
         self._metrics.slo_outcome(name, host.version, met)
         return self._response(request, host, output_names, result, slo_met=met)
 
-    def _select(self, view: _ModelView, slo: Slo, rows: int) -> VersionId:
-        """The variant for an unpinned query of a registered model (admission control included)."""
+    def _select(self, view: _ModelView, slo: Slo, rows: int, now: float) -> VersionId:
+        """The variant for an unpinned query of a registered model that no kept choice serves (admission
+        control included)."""
         loaded = view.loaded
         name = loaded.name
         try:
-            version, _, cheaper = view.chooser.choose(view.hosts, slo, rows, self._clock.now())
+            version, _, cheaper = view.chooser.choose(view.hosts, slo, rows, now)
         except AdmissionRefused as refused:
             self._metrics.request_rejected(name, "slo_overloaded")
             host = view.hosts.get(VersionId(refused.variant))

@@ -189,13 +189,14 @@ class VariantChooser:
 
     Even so the policy costs ~10 µs a query on a busy event loop (4 µs in a tight loop), and on one loop
     near its limit that decides whether the tight class makes its SLO. So, given the time, a choice is
-    *kept* for :data:`RESELECT_S` per (rows, SLO) and running variants: within it a query takes the same
-    variant after one check, that it is still predicted to finish in time (else the policy runs at once);
-    only the cost ranking can be that much out of date, and, for a variant on the event loop, the
-    corrections and batch limits that check uses (the queues it waits for are read per query). This is INFaaS's split of a
-    per-query check from a periodic decision, with a period short enough for the autoscaler's starts to
-    count at once. What the check reads is kept to a minimum: on a busy server each attribute chain costs
-    a cache miss (the full prediction of one inline variant took a median 4.8 µs there, 2.3 in a tight loop).
+    *kept* for :data:`RESELECT_S` per (SLO, rows) and running variants (:meth:`kept`): within it a query
+    takes the same variant after one check, that it is still predicted to finish in time (else the policy
+    runs at once); only the cost ranking can be that much out of date, and, for a variant on the event loop,
+    the corrections and batch limits that check uses (the queues it waits for are read per query). This is
+    INFaaS's split of a per-query check from a periodic decision, with a period short enough for the
+    autoscaler's starts to count at once. What the check reads is kept to a minimum: on a busy server each
+    attribute chain costs a cache miss (the full prediction of one inline variant took a median 4.8 µs
+    there, 2.3 in a tight loop; the kept check with the policy's arithmetic and its counting 5.6 µs).
     """
 
     def __init__(self, profiles: Mapping[VersionId, VariantProfile], max_batch: int) -> None:
@@ -212,10 +213,11 @@ class VariantChooser:
         """The profiled latency of a one-row batch on the fastest variant (0: no profiles)."""
         self.recent: VersionId | None = None
         """The variant chosen for the previous query."""
-        self._kept: dict[tuple[int, float | None, float], _Kept] = {}
-        """Per (rows, accuracy floor, latency bound): until when, for which running variants, the choice, the
-        demand it saw, and, for a variant on the event loop, what the check needs besides the queues it waits
-        for, as it was when chosen (:meth:`_frozen`)."""
+        self._kept: dict[tuple[int, int], _Kept] = {}
+        """Per (the SLO object's id, rows): the choice kept for them (:meth:`kept`)."""
+        self._taken_served: dict[VersionId, int] = {}
+        self._taken_wanted: dict[VersionId, int] = {}
+        """Counts of kept choices since replaced, not yet taken (:meth:`take_counts`)."""
 
     def choose(
         self, live: Mapping[VersionId, LiveState], slo: Slo, rows: int, now: float | None = None
@@ -231,34 +233,10 @@ class VariantChooser:
         cost (the first one that fits) unless no running variant is within it. The choice is remembered as
         the ``recent`` variant of the next query. A plain tuple: this runs for every query.
 
-        ``now`` (seconds): keep the choice for :data:`RESELECT_S` and take a kept one while it fits (a new
-        mapping of running variants, as the data plane makes on every change, starts afresh)."""
+        ``now`` (seconds): keep the choice for :data:`RESELECT_S`, for :meth:`kept` (not for a best-effort query,
+        nor one given to a variant whose replicas are down)."""
         bound = math.inf if slo.latency_ms is None else slo.latency_ms
         minimum = slo.min_accuracy
-        kept_key = (rows, minimum, bound)
-        if now is not None and not slo.best_effort:
-            kept = self._kept.get(kept_key)
-            if kept is not None and now < kept[0] and kept[1] is live:
-                _, _, version, cheaper, frozen = kept
-                if frozen is None:  # on workers: predicted afresh
-                    predicted = self._predict_kept(live, version, rows)
-                else:  # on the event loop: it waits for the queues of every variant there (its own first)
-                    predicted = 0.0
-                    own = -1
-                    for queue, correction, limit, replicas, intercept, per_row in frozen:
-                        queued = queue.rows
-                        if own < 0:
-                            own = queued
-                        if queued:
-                            batches_ahead = math.ceil(queued / limit)
-                            predicted += (
-                                batches_ahead * correction * (intercept + per_row * min(limit, queued)) / replicas
-                            )
-                    _, correction, limit, _, intercept, per_row = frozen[0]
-                    predicted += correction * (intercept + per_row * max(rows, min(limit, own + rows)))
-                if predicted <= bound:
-                    self.recent = version
-                    return version, predicted, cheaper
         recent = self.recent
         static = self._static
         max_batch = self._max_batch
@@ -332,10 +310,70 @@ class VariantChooser:
                 break
         chosen = live.get(version)
         if now is not None and not slo.best_effort and chosen is not None and chosen.replica_count > 0:
+            self._keep(live, slo, rows, bound, now, version, cheaper)
+        return version, predicted, cheaper
+
+    def kept(self, live: Mapping[VersionId, LiveState], slo: Slo, rows: int, now: float) -> VersionId | None:
+        """The variant :meth:`choose` chose (given ``now``) for this SLO object and rows less than
+        :data:`RESELECT_S` ago, for the same mapping of running variants, if it is still predicted to finish in
+        time; else None (run :meth:`choose`). The query is counted in the kept choice (:meth:`take_counts`).
+
+        This is the request path's common case, so it does the least it can: one dict lookup by the SLO's
+        identity (the data plane's :class:`~sloserve.dataplane.slo.RequestSlos` hands out one object per
+        parameter set), and, for the usual one variant on the event loop, one comparison of its queue's rows
+        with the most it can hold for the query to fit, worked out when the choice was made."""
+        entry = self._kept.get((id(slo), rows))
+        if entry is None or now >= entry.until or entry.live is not live or entry.slo is not slo:
+            return None
+        queue = entry.queue
+        if queue is not None:
+            if queue.rows > entry.max_queued:
+                return None
+        elif self._predict_kept(live, entry, rows) > entry.bound:
+            return None
+        entry.served += 1
+        version = self.recent = entry.version
+        return version
+
+    def take_counts(self, now: float) -> tuple[dict[VersionId, int], dict[VersionId, int]]:
+        """Queries served by kept choices since the last call, per variant, and the rows of them that a
+        cheaper variant not running would have served, per that variant (demand for the autoscaler). Choices
+        kept no longer are dropped (with the running variants they hold on to)."""
+        served, wanted = self._taken_served, self._taken_wanted
+        self._taken_served, self._taken_wanted = {}, {}
+        for entry in self._kept.values():
+            _take(entry, served, wanted)
+        self._kept = {key: entry for key, entry in self._kept.items() if now < entry.until}
+        return served, wanted
+
+    def _keep(
+        self,
+        live: Mapping[VersionId, LiveState],
+        slo: Slo,
+        rows: int,
+        bound: float,
+        now: float,
+        version: VersionId,
+        cheaper: VersionId | None,
+    ) -> None:
+        key = (id(slo), rows)
+        if len(self._kept) >= _IDLE_VIEWS or key in self._kept:
+            for entry in self._kept.values() if len(self._kept) >= _IDLE_VIEWS else (self._kept[key],):
+                _take(entry, self._taken_served, self._taken_wanted)
             if len(self._kept) >= _IDLE_VIEWS:
                 self._kept.clear()
-            self._kept[kept_key] = (now + RESELECT_S, live, version, cheaper, self._frozen(live, version))
-        return version, predicted, cheaper
+        frozen: _Frozen | None = None
+        own, queue, max_queued = 0, None, -1
+        if live[version].inline:
+            inline = self._frozen(live, version)
+            if inline is None:
+                return
+            frozen, own = inline
+            if len(frozen) == 1:  # the one variant on the event loop: its queue's rows decide
+                queue, max_queued = frozen[0][0], _max_queued(frozen[0], rows, bound)
+        self._kept[key] = _Kept(
+            now + RESELECT_S, live, slo, rows, bound, version, cheaper, frozen, own, queue, max_queued
+        )
 
     def _impossible(self, slo: Slo, rows: int) -> str | None:
         """Why no variant can meet ``slo`` even on an idle server (the 400's message), if so: it depends on the
@@ -356,48 +394,43 @@ class VariantChooser:
             self._impossibles[key] = message
         return self._impossibles[key]
 
-    def _frozen(self, live: Mapping[VersionId, LiveState], version: VersionId) -> _Frozen | None:
+    def _frozen(self, live: Mapping[VersionId, LiveState], version: VersionId) -> tuple[_Frozen, int] | None:
         """For a kept inline variant, each inline variant's (queue, correction, batch limit, replicas,
-        latency model) as they are now, the kept one first: what its check needs besides the queues. None for
-        a variant on workers (its check reads everything afresh)."""
-        if not live[version].inline:
-            return None
+        latency model) as they are now, in the order :meth:`choose` reads them, and where the kept one is among
+        them: what its check needs besides the queues. None if one of them has no replica up (the kept one
+        then is not kept)."""
         frozen: list[tuple[QueuedRows, float, int, int, float, float]] = []
+        own = -1
         for other, state in live.items():
             known = self._static.get(other)
             if known is None or not state.inline:
                 continue
             if state.replica_count <= 0:
                 return None
-            limit = max(1, min(state.batch_limit, self._max_batch or 1))
-            entry = (state.queue, state.correction, limit, state.replica_count, known[2], known[3])
             if other == version:
-                frozen.insert(0, entry)
-            else:
-                frozen.append(entry)
-        return tuple(frozen)
+                own = len(frozen)
+            limit = max(1, min(state.batch_limit, self._max_batch or 1))
+            frozen.append((state.queue, state.correction, limit, state.replica_count, known[2], known[3]))
+        return tuple(frozen), own
 
-    def _predict_kept(self, live: Mapping[VersionId, LiveState], version: VersionId, rows: int) -> float:
-        """The kept (running) variant's predicted completion now, as :meth:`choose` works it out."""
-        state = live[version]
-        max_batch = self._max_batch
-        static = self._static
-        _, _, intercept, per_row, _ = static[version]
-        if state.inline:  # it waits for every inline variant's queue
-            queue_ms = 0.0
-            for other, other_state in live.items():
-                known = static.get(other)
-                if known is None or not other_state.inline:
-                    continue
-                if other_state.queued_rows == 0 and other_state.busy == 0:
-                    queue_ms += 0.0 if other_state.replica_count > 0 else math.inf
-                else:
-                    queue_ms += _queue_ms(known[2], known[3], other_state, max_batch)
-        else:
+    def _predict_kept(self, live: Mapping[VersionId, LiveState], entry: _Kept, rows: int) -> float:
+        """The kept (running) variant's predicted completion now, in :meth:`choose`'s operations (so the same
+        float): from the live state of a variant on workers, and, for one on the event loop, from the queues
+        of every variant there with the rest as it was when kept."""
+        frozen = entry.frozen
+        if frozen is None:  # on workers: predicted afresh
+            state = live[entry.version]
+            _, _, intercept, per_row, _ = self._static[entry.version]
+            max_batch = self._max_batch
             queue_ms = _queue_ms(intercept, per_row, state, max_batch)
-        limit = max(1, min(state.batch_limit, max_batch or 1))
-        batch_rows = max(rows, min(limit, state.queued_rows + rows))
-        return queue_ms + state.correction * (intercept + per_row * batch_rows) + 0.0
+            limit = max(1, min(state.batch_limit, max_batch or 1))
+            batch_rows = max(rows, min(limit, state.queued_rows + rows))
+            return queue_ms + state.correction * (intercept + per_row * batch_rows) + 0.0
+        loop_ms = 0.0
+        for queue, correction, limit, replicas, intercept, per_row in frozen:
+            loop_ms += _ahead_ms(queue.rows, correction, limit, replicas, intercept, per_row)
+        queue, correction, limit, _, intercept, per_row = frozen[entry.own]
+        return loop_ms + correction * (intercept + per_row * max(rows, min(limit, queue.rows + rows))) + 0.0
 
     def _overloaded(
         self, live: Mapping[VersionId, LiveState], idle: _IdleView, slo: Slo, rows: int, loop_ms: float
@@ -445,13 +478,95 @@ class VariantChooser:
 _IDLE_VIEWS = 1024
 """Distinct (rows, SLO) pairs remembered per model; past it the memory starts again."""
 _Frozen = tuple[tuple[QueuedRows, float, int, int, float, float], ...]
-_Kept = tuple[float, Mapping[VersionId, LiveState], VersionId, "VersionId | None", "_Frozen | None"]
+_MAX_QUEUED = 1 << 40
 RESELECT_S = 0.01
 """How long :meth:`VariantChooser.choose` keeps a choice for queries of the same rows and SLO while it still
 fits: 10 ms, so at 1,000-15,000 queries a second in a few classes the policy runs for one query in 5-70
 (at 1 ms, for one in 1-7, `digits` at 2,900 queries/s paid 5% more server CPU per query: 8 paired runs,
 cheaper in 7). The autoscaler acts over seconds; a variant it starts counts as soon as it runs (a new
 mapping of running variants starts afresh)."""
+
+
+@dataclass(slots=True, eq=False)
+class _Kept:
+    """A choice kept for queries of one SLO object and row count (:meth:`VariantChooser.kept`)."""
+
+    until: float
+    live: Mapping[VersionId, LiveState]
+    """The mapping of running variants it was made for (the data plane makes a new one on every change)."""
+    slo: Slo
+    """The SLO object it was made for: held, so that its id, the key, is not reused while kept."""
+    rows: int
+    bound: float
+    version: VersionId
+    cheaper: VersionId | None
+    """The cheaper variant, not running, that would have served these queries: demand for the autoscaler."""
+    frozen: _Frozen | None
+    """For a variant on the event loop, what its check needs besides the queues it waits for, as it was when
+    chosen (:meth:`VariantChooser._frozen`); None for one on workers (checked afresh)."""
+    own: int
+    """Where the variant is in ``frozen``."""
+    queue: QueuedRows | None
+    """When the variant is the only one on the event loop, its queue, whose rows alone decide the check ..."""
+    max_queued: int
+    """... by being at most this (-1: never)."""
+    served: int = 0
+    """Queries served by it since counts were last taken."""
+
+
+def _take(entry: _Kept, served: dict[VersionId, int], wanted: dict[VersionId, int]) -> None:
+    """Move ``entry``'s count into the totals of :meth:`VariantChooser.take_counts`."""
+    n, entry.served = entry.served, 0
+    if n:
+        served[entry.version] = served.get(entry.version, 0) + n
+        if entry.cheaper is not None:
+            wanted[entry.cheaper] = wanted.get(entry.cheaper, 0) + n * entry.rows
+
+
+def _ahead_ms(queued: int, correction: float, limit: int, replicas: int, intercept: float, per_row: float) -> float:
+    """The time the batches of ``queued`` rows on the event loop take ahead of a query, in the operations of
+    :func:`_queue_delay` (nothing runs there while a query is chosen)."""
+    if not queued:
+        return 0.0
+    return math.ceil(queued / limit) * (intercept * correction + per_row * correction * min(limit, queued)) / replicas
+
+
+def _max_queued(own: tuple[QueuedRows, float, int, int, float, float], rows: int, bound: float) -> int:
+    """The most rows the only variant on the event loop may have queued for a query of ``rows`` to be predicted
+    within ``bound`` (-1 if not even with none), as the check would decide for each (in its operations).
+
+    The prediction grows with the queue; past one batch it depends only on how many batches are queued, so
+    the answer is a whole number of batches, worked out and then confirmed at the edge (a few predictions, not
+    a search: this runs each time a choice is kept, on the request path)."""
+    _, correction, limit, replicas, intercept, per_row = own
+
+    def fits(queued: int) -> bool:
+        loop_ms = 0.0 + _ahead_ms(queued, correction, limit, replicas, intercept, per_row)
+        return loop_ms + correction * (intercept + per_row * max(rows, min(limit, queued + rows))) + 0.0 <= bound
+
+    if not fits(0):
+        return -1
+    if not fits(limit):  # the edge is within the first batch: a binary search over its rows
+        low, high = 0, limit  # fits(low), not fits(high)
+        while high - low > 1:
+            middle = (low + high) // 2
+            if fits(middle):
+                low = middle
+            else:
+                high = middle
+        return low
+    batch_ms = (intercept * correction + per_row * correction * limit) / replicas
+    if batch_ms <= 0:
+        return _MAX_QUEUED
+    own_ms = correction * (intercept + per_row * max(rows, limit))
+    most = _MAX_QUEUED // limit
+    estimate = (bound - own_ms) / batch_ms  # no latency bound: infinite
+    batches = most if estimate >= most else max(1, int(estimate))
+    while batches > 1 and not fits(batches * limit):
+        batches -= 1
+    while batches < most and fits((batches + 1) * limit):
+        batches += 1
+    return batches * limit
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,6 +171,9 @@ class _Tally:
     def add(self, *values: str) -> None:
         self._counts[values] = self._counts.get(values, 0) + 1
 
+    def add_many(self, count: int, *values: str) -> None:
+        self._counts[values] = self._counts.get(values, 0) + count
+
     def flush(self) -> None:
         counts, self._counts = self._counts, {}
         for values, n in counts.items():
@@ -260,6 +263,7 @@ class ServingMetrics:
         self._slo_outcomes = _Tally(self._slo)
         self._selected = _Tally(self._selections)
         self._deferred = _Tally(self._deferred_requests)
+        self._on_read: list[Callable[[], None]] = []
 
     def request_started(self, model: str) -> None:
         self._per_model.counts(model).pending += 1
@@ -316,8 +320,13 @@ class ServingMetrics:
     def slo_outcome(self, model: str, variant: str, met: bool) -> None:
         self._slo_outcomes.add(model, variant, "true" if met else "false")
 
-    def variant_selected(self, model: str, variant: str) -> None:
-        self._selected.add(model, variant)
+    def variant_selected(self, model: str, variant: str, count: int = 1) -> None:
+        self._selected.add_many(count, model, variant)
+
+    def on_read(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever the metrics are read, before: for counts kept elsewhere (the data plane
+        keeps the selections of a kept choice in it, :meth:`VariantChooser.kept`) to be added first."""
+        self._on_read.append(callback)
 
     def replicas(self, model: str, variant: str, count: int) -> None:
         self._replicas.labels(model, variant).set(count)
@@ -327,6 +336,8 @@ class ServingMetrics:
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric in this registry."""
+        for callback in self._on_read:
+            callback()
         self._slo_outcomes.flush()
         self._selected.flush()
         self._deferred.flush()

@@ -174,8 +174,13 @@ def test_a_busy_inline_variant_spills_nowhere_a_busy_worker_spills_to_the_next_v
     assert chooser.choose({VersionId("fp32"): idle_loop}, slo, 1)[0] == "fp32"
 
 
+def served(chooser: VariantChooser, live: dict[VersionId, LiveState], slo: Slo, rows: int, now: float) -> str:
+    """The variant as the data plane gets it: a kept choice, else the policy (keeping its choice)."""
+    return chooser.kept(live, slo, rows, now) or chooser.choose(live, slo, rows, now)[0]
+
+
 def test_a_choice_is_kept_for_a_while_it_still_fits() -> None:
-    """Within RESELECT_S a query of the same rows and SLO takes the kept variant after checking only that it
+    """Within RESELECT_S a query of the same SLO and rows takes the kept variant after checking only that it
     still fits; past it, when it no longer fits, or when the running variants change, the policy runs again."""
     profiles = {
         VersionId("fp32"): profile(0.5, 0.001, 0.97, 0.01, 2.0),
@@ -186,18 +191,60 @@ def test_a_choice_is_kept_for_a_while_it_still_fits() -> None:
     live: dict[VersionId, LiveState] = {VersionId("fp32"): fp32, VersionId("int8"): int8}
     slo = Slo(latency_ms=5.0, min_accuracy=0.95)
     chooser = VariantChooser(profiles, 64)
-    assert chooser.choose(live, slo, 1, now=10.0)[0] == "fp32"
+    assert chooser.kept(live, slo, 1, 10.0) is None  # nothing kept yet
+    assert served(chooser, live, slo, 1, 10.0) == "fp32"
     int8.queued_rows = 30  # a batch forming on int8: joining it costs the query a 31st of its fixed cost
     assert choose_variant(profiles, live, slo, 1, 64, VersionId("fp32")).variant == "int8"
     assert VariantChooser(profiles, 64).choose(live, slo, 1)[0] == "int8"  # no time given: the policy
-    assert chooser.choose(live, slo, 1, now=10.0 + RESELECT_S / 2)[0] == "fp32"  # kept: it still fits
+    assert chooser.kept(live, slo, 1, 10.0 + RESELECT_S / 2) == "fp32"  # kept: it still fits
+    assert chooser.kept(live, Slo(latency_ms=5.0, min_accuracy=0.95), 1, 10.0 + RESELECT_S / 2) is None  # per SLO
+    assert chooser.kept(live, slo, 2, 10.0 + RESELECT_S / 2) is None  # and per rows
     later = 10.0 + RESELECT_S
-    assert chooser.choose(live, slo, 1, now=later + 1e-6)[0] == "int8"  # the period is over
+    assert chooser.kept(live, slo, 1, later + 1e-6) is None  # the period is over
+    assert served(chooser, live, slo, 1, later + 1e-6) == "int8"
     int8.queued_rows, int8.busy, int8.running_ms = 640, 1, 1.0  # no longer fits (10 batches ahead): at once
-    assert chooser.choose(live, slo, 1, now=later + 2e-4)[0] == "fp32"
+    assert chooser.kept(live, slo, 1, later + 2e-4) is None
+    assert served(chooser, live, slo, 1, later + 2e-4) == "fp32"
     int8.queued_rows, int8.busy, int8.running_ms = 30, 0, 0.0
-    assert chooser.choose(live, slo, 1, now=later + 3e-4)[0] == "fp32"  # kept again
-    assert chooser.choose(dict(live), slo, 1, now=later + 4e-4)[0] == "int8"  # other running variants: afresh
+    assert served(chooser, live, slo, 1, later + 3e-4) == "fp32"  # kept again
+    assert chooser.kept(dict(live), slo, 1, later + 4e-4) is None  # other running variants: afresh
+    assert served(chooser, dict(live), slo, 1, later + 4e-4) == "int8"
+
+
+def test_a_choice_without_a_latency_bound_is_kept_however_long_the_queue() -> None:
+    profiles = {VersionId("fp32"): profile(0.5, 0.01, 0.97, 0.01, 2.0)}
+    state = Live(queued_rows=0, busy=0, replica_count=1, batch_limit=64, correction=1.0, running_ms=0.0, inline=True)
+    live: dict[VersionId, LiveState] = {VersionId("fp32"): state}
+    chooser = VariantChooser(profiles, 64)
+    slo = Slo(min_accuracy=0.95)
+    assert chooser.choose(live, slo, 3, now=1.0)[0] == "fp32"
+    state.queued_rows = 10**9
+    assert chooser.kept(live, slo, 3, 1.001) == "fp32"
+
+
+def test_what_kept_choices_serve_is_counted_with_the_demand_they_saw() -> None:
+    """Queries served by a kept choice are counted in it and taken in one go, per variant, with the rows a
+    cheaper variant not running would have served; counts survive the choice being replaced, and choices
+    kept no longer are dropped when taken."""
+    profiles = {
+        VersionId("fp32"): profile(1.0, 0.0, 0.9, 1.0, 10.0),
+        VersionId("pruned"): profile(1.0, 0.0, 0.9, 0.5, 10.0),
+    }
+    fp32 = Live(queued_rows=0, busy=0, replica_count=1, batch_limit=64, correction=1.0, running_ms=0.0)
+    live: dict[VersionId, LiveState] = {VersionId("fp32"): fp32}
+    slo = Slo(latency_ms=5.0)
+    chooser = VariantChooser(profiles, 64)
+    assert chooser.choose(live, slo, 2, now=1.0) == ("fp32", 1.0, "pruned")  # cheaper; its cold start too long
+    for _ in range(3):
+        assert chooser.kept(live, slo, 2, 1.001) == "fp32"
+    assert chooser.take_counts(1.001) == ({"fp32": 3}, {"pruned": 6})
+    assert chooser.take_counts(1.001) == ({}, {})
+    assert chooser.kept(live, slo, 2, 1.002) == "fp32"
+    chooser.choose(live, slo, 2, now=1.003)  # replaced: its count is not lost
+    assert chooser.kept(live, slo, 2, 1.004) == "fp32"
+    assert chooser.take_counts(1.005) == ({"fp32": 2}, {"pruned": 4})
+    assert chooser.take_counts(2.0) == ({}, {})  # and now it has expired, and is gone
+    assert chooser.kept(live, slo, 2, 1.005) is None
 
 
 @settings(max_examples=300, deadline=None)
@@ -208,14 +255,16 @@ def test_a_choice_is_kept_for_a_while_it_still_fits() -> None:
     st.floats(0.5, 2.0),
     st.integers(1, 64),
     st.floats(0.5, 50.0),
+    st.booleans(),
 )
-def test_the_kept_check_of_an_inline_variant_predicts_as_the_policy(
-    queued: int, other_queued: int, rows: int, correction: float, limit: int, latency: float
+def test_the_kept_check_of_an_inline_variant_decides_as_the_policy(
+    queued: int, other_queued: int, rows: int, correction: float, limit: int, latency: float, alone: bool
 ) -> None:
     """An inline variant is kept with the corrections and batch limits of the inline variants as they were;
-    the queues it waits for (its own, and another variant's on the same event loop, not accurate enough to
-    serve the query) are read per query, and with the rest unchanged the check predicts what the policy
-    does, and refuses alike."""
+    the queues it waits for (its own, and, unless it is ``alone``, another variant's on the same event loop,
+    not accurate enough to serve the query) are read per query, and with the rest unchanged the kept choice
+    serves a query exactly when the policy would serve it there, right up to the edge (alone, by the most rows
+    its queue may hold, worked out once)."""
     profiles = {
         VersionId("fp32"): profile(0.5, 0.01, 0.97, 0.01, 2.0),
         VersionId("pruned"): profile(0.3, 0.005, 0.90, 0.005, 2.0),
@@ -223,7 +272,9 @@ def test_the_kept_check_of_an_inline_variant_predicts_as_the_policy(
     state = Live(queued_rows=0, busy=0, replica_count=2, batch_limit=limit, correction=correction, running_ms=0.0)
     other = Live(queued_rows=0, busy=0, replica_count=1, batch_limit=32, correction=1.5, running_ms=0.0)
     state.inline = other.inline = True
-    live: dict[VersionId, LiveState] = {VersionId("pruned"): other, VersionId("fp32"): state}
+    live: dict[VersionId, LiveState] = {VersionId("fp32"): state}
+    if not alone:
+        live[VersionId("pruned")] = other
     slo = Slo(latency_ms=latency, min_accuracy=0.95)
     chooser = VariantChooser(profiles, 64)
     try:
@@ -232,14 +283,30 @@ def test_the_kept_check_of_an_inline_variant_predicts_as_the_policy(
         return
     state.queued_rows, other.queued_rows = queued, other_queued
     try:
-        expected = VariantChooser(profiles, 64).choose(live, slo, rows)
-    except (AdmissionRefused, InvalidArgumentError) as error:
-        with pytest.raises(type(error)):
-            chooser.choose(live, slo, rows, now=1.0 + RESELECT_S / 2)
-        return
-    variant, predicted_ms, _ = chooser.choose(live, slo, rows, now=1.0 + RESELECT_S / 2)
-    assert variant == expected[0] == "fp32"
-    assert predicted_ms == pytest.approx(expected[1])
+        expected: str | None = VariantChooser(profiles, 64).choose(live, slo, rows)[0]
+    except (AdmissionRefused, InvalidArgumentError):
+        expected = None
+    assert chooser.kept(live, slo, rows, 1.0 + RESELECT_S / 2) == expected
+    assert expected in (None, "fp32")
+    policy = VariantChooser(profiles, 64)
+
+    def fits(queued_rows: int) -> bool:
+        state.queued_rows = queued_rows
+        try:
+            return policy.choose(live, slo, rows)[0] == "fp32"
+        except (AdmissionRefused, InvalidArgumentError):
+            return False
+
+    if fits(0):  # right at the edge: the most rows its queue may hold for the policy to serve it, and one more
+        low, high = 0, 1 << 20
+        assert not fits(high)
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if fits(middle) else (low, middle)
+        state.queued_rows = low
+        assert chooser.kept(live, slo, rows, 1.0 + RESELECT_S / 2) == "fp32"
+        state.queued_rows = high
+        assert chooser.kept(live, slo, rows, 1.0 + RESELECT_S / 2) is None
 
 
 def test_an_impossible_slo_is_refused_alike_every_time_and_served_when_best_effort() -> None:
