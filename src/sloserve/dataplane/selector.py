@@ -479,12 +479,15 @@ _IDLE_VIEWS = 1024
 """Distinct (rows, SLO) pairs remembered per model; past it the memory starts again."""
 _Frozen = tuple[tuple[QueuedRows, float, int, int, float, float], ...]
 _MAX_QUEUED = 1 << 40
-RESELECT_S = 0.01
-"""How long :meth:`VariantChooser.choose` keeps a choice for queries of the same rows and SLO while it still
-fits: 10 ms, so at 1,000-15,000 queries a second in a few classes the policy runs for one query in 5-70
-(at 1 ms, for one in 1-7, `digits` at 2,900 queries/s paid 5% more server CPU per query: 8 paired runs,
-cheaper in 7). The autoscaler acts over seconds; a variant it starts counts as soon as it runs (a new
-mapping of running variants starts afresh)."""
+RESELECT_S = 0.05
+"""How long :meth:`VariantChooser.choose` keeps a choice for queries of the same SLO and rows while it still
+fits (:meth:`VariantChooser.kept`): 50 ms, so at 1,000-15,000 queries a second in a few classes the policy
+runs for one query in 25-350. Each time it runs for the request path it costs ~35 µs on a busy server
+(caches cold for its code), against ~1.3 for a kept choice: at 40% of `digits`, selection took 2.0 µs a
+query in all at 50 ms and 2.8 at 10 ms (timers in the server, 4 alternating reps; at 1 ms against 10, 5%
+more server CPU a query). Only the cost ranking waits for the period: a kept choice that stops fitting is
+dropped at once, and a variant the autoscaler starts counts as soon as it runs (a new mapping of running
+variants starts afresh)."""
 
 
 @dataclass(slots=True, eq=False)

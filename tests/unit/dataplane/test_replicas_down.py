@@ -12,6 +12,7 @@ import pytest
 
 from sloserve.catalog import CatalogSnapshot, LoadedModel, RunningVersion
 from sloserve.dataplane.dataplane import DataPlane
+from sloserve.dataplane.selector import RESELECT_S
 from sloserve.errors import ResourceExhaustedError
 from sloserve.metrics import ServingMetrics
 from sloserve.model_config import HedgingConfig, ModelConfig, TensorSpec
@@ -71,7 +72,7 @@ async def test_a_version_whose_replicas_are_all_down_refuses_slo_queries_and_kee
         for _ in range(3):
             with pytest.raises(ResourceExhaustedError):
                 await answer(plane, clock, {"latency_slo_ms": 50})
-            await clock.advance(0.02)  # past the kept choice: every query looks again
+            await clock.advance(2 * RESELECT_S)  # past the kept choice: every query looks again
         patient = asyncio.ensure_future(plane.infer(request({})))
         for _ in range(5):
             await clock.advance(0.02)
