@@ -419,13 +419,8 @@ class VariantChooser:
         of every variant there with the rest as it was when kept."""
         frozen = entry.frozen
         if frozen is None:  # on workers: predicted afresh
-            state = live[entry.version]
             _, _, intercept, per_row, _ = self._static[entry.version]
-            max_batch = self._max_batch
-            queue_ms = _queue_ms(intercept, per_row, state, max_batch)
-            limit = max(1, min(state.batch_limit, max_batch or 1))
-            batch_rows = max(rows, min(limit, state.queued_rows + rows))
-            return queue_ms + state.correction * (intercept + per_row * batch_rows) + 0.0
+            return _predict_ms(intercept, per_row, live[entry.version], rows, self._max_batch, 0.0)[0]
         loop_ms = 0.0
         for queue, correction, limit, replicas, intercept, per_row in frozen:
             loop_ms += _ahead_ms(queue.rows, correction, limit, replicas, intercept, per_row)
