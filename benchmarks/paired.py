@@ -83,10 +83,8 @@ def patch_config(repo: Path, model: str, patch: dict[str, Any]) -> None:
 def measure(
     port: int, pid: int, load: dict[str, Any], seconds: float, seed: int, classes: list[slo.SloClass]
 ) -> dict[str, Any]:
-    slo.generate(**load, port=port, seconds=1.0, seed=0)
-    before = slo.cpu_by_process(pid)
-    measured = slo.generate(**load, port=port, seconds=seconds, seed=seed)
-    after = slo.cpu_by_process(pid)
+    measured = slo.generate(**load, port=port, warmup=1.0, seconds=seconds, seed=seed, cpu_pid=pid)
+    before, after = measured["cpu"]
     results = measured["results"]
     sent = max(len(results), 1)
     met = late = refused = dropped = 0

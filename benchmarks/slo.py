@@ -17,8 +17,9 @@ replay open-loop Poisson load at each step of that capacity, half "tight" and ha
 
 SLO classes: tight = 4x the idle end-to-end p99 over HTTP (at least 3 ms and 6x the
 fastest variant's profiled p50), loose = 5x tight; accuracy floors from the profiles
-(see classes_for). Each measurement follows a warm-up at the same rate (--warmup-seconds,
-not counted) that starts what the configuration needs, so no row pays a cold start.
+(see classes_for). Each measurement follows a warm-up at the same rate on the same connections
+(--warmup-seconds, not counted) that starts what the configuration needs, so no row pays a cold
+start, nor the burst of its load generator's connections opening at once.
 
 Latency is measured client-side from each query's scheduled send time (open loop), so a
 queue that builds up counts. Attainment = queries answered 200 within their class's SLO /
@@ -86,10 +87,17 @@ async def _open_loop(
     send_slo: bool,
     seed: int,
     connections: int = 64,
-) -> tuple[list[tuple[int, int, float, str]], dict[str, list[str]]]:
+    warmup: float = 0.0,
+    cpu_pid: int | None = None,
+) -> tuple[list[tuple[int, int, float, str]], dict[str, list[str]], list[dict[int, float]]]:
+    """Poisson arrivals at ``rate`` for ``warmup`` + ``seconds``; the results of the queries scheduled in the
+    last ``seconds``, and (with ``cpu_pid``) :func:`cpu_by_process` readings when those begin and once every
+    answer is in. The warm-up runs on the same connections: a measurement that opened its own would begin
+    with all of them connecting at once, a burst the server then works off at the measured rate (near the
+    knee that took seconds in some runs, and decided them)."""
     rng = np.random.default_rng(seed)
-    n = int(rng.poisson(rate * seconds))
-    times = np.sort(rng.uniform(0, seconds, n))
+    n = int(rng.poisson(rate * (warmup + seconds)))
+    times = np.sort(rng.uniform(0, warmup + seconds, n))
     which = rng.integers(0, len(classes), n)
     bodies = []
     for c in classes:
@@ -126,21 +134,32 @@ async def _open_loop(
             if delay > 0:
                 await asyncio.sleep(delay)
             since = min(scheduled, time.perf_counter())  # a timer fires up to half a millisecond early
+            counted = times[i] >= warmup
             try:
                 writer.write(bodies[which[i]][i % len(bodies[which[i]])])
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
                 body = await reader.readexactly(length)
                 status = int(head[9:12])
-                results.append((int(which[i]), status, (time.perf_counter() - since) * 1e3, _version(body, status)))
-                if status != 200 and len(samples := errors.setdefault(str(status), [])) < 3:
+                if counted:
+                    ms = (time.perf_counter() - since) * 1e3
+                    results.append((int(which[i]), status, ms, _version(body, status)))
+                if counted and status != 200 and len(samples := errors.setdefault(str(status), [])) < 3:
                     samples.append(body.decode(errors="replace")[:300])
             except Exception:
-                results.append((int(which[i]), 0, (time.perf_counter() - since) * 1e3, ""))
+                if counted:
+                    results.append((int(which[i]), 0, (time.perf_counter() - since) * 1e3, ""))
         writer.close()
 
-    await asyncio.gather(*(connection() for _ in range(connections)))
-    return results, errors
+    cpu: list[dict[int, float]] = []
+
+    async def read_cpu() -> None:
+        await asyncio.sleep(max(0.0, start + warmup - time.perf_counter()))
+        cpu.append(cpu_by_process(cpu_pid) if cpu_pid is not None else {})
+
+    await asyncio.gather(read_cpu(), *(connection() for _ in range(connections)))
+    cpu.append(cpu_by_process(cpu_pid) if cpu_pid is not None else {})
+    return results, errors, cpu
 
 
 _VERSION = re.compile(rb'"model_version":\s*"([^"]*)"')
@@ -185,7 +204,7 @@ def _generator_main(raw: str, out_path: str) -> None:
         closed = _closed_loop(args["port"], args["path"], args["row"], args["seconds"], args["connections"])
         result: Any = asyncio.run(closed)
     else:
-        results, errors = asyncio.run(
+        results, errors, cpu = asyncio.run(
             _open_loop(
                 args["port"],
                 args["path"],
@@ -196,19 +215,26 @@ def _generator_main(raw: str, out_path: str) -> None:
                 args["send_slo"],
                 args["seed"],
                 args["connections"],
+                args.get("warmup", 0.0),
+                args.get("cpu_pid"),
             )
         )
-        result = {"results": results, "errors": errors}
+        cpu_pairs = [[[pid, seconds] for pid, seconds in reading.items()] for reading in cpu]
+        result = {"results": results, "errors": errors, "cpu": cpu_pairs}
     # a file, not stdout: the event loop may leave stdout non-blocking, and a large write would be cut short
     Path(out_path).write_text(json.dumps(result))
 
 
 def generate(**kwargs: Any) -> Any:
-    """Run the load generator in its own process (it must not share the benchmark's CPU time slices)."""
+    """Run the load generator in its own process (it must not share the benchmark's CPU time slices). For an
+    open loop, ``cpu`` is the ``cpu_pid`` readings as dicts (empty without one)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         subprocess.run([sys.executable, str(HERE), "_gen", json.dumps(kwargs), str(out)], check=True)
-        return json.loads(out.read_text())
+        result = json.loads(out.read_text())
+    if isinstance(result, dict) and "cpu" in result:
+        result["cpu"] = [{int(pid): seconds for pid, seconds in reading} for reading in result["cpu"]]
+    return result
 
 
 # ---- the server and its CPU time ---------------------------------------------------------------
@@ -386,11 +412,14 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
                         classes=[c.__dict__ for c in classes],
                     )
                     with console.status(f"{name} {label} at {step:.0%} (run {rep + 1}/{args.repeat})"):
-                        if args.warmup_seconds > 0:  # start what this configuration needs; not counted
-                            generate(**load, seconds=args.warmup_seconds, seed=0)
-                        before = cpu_by_process(proc.pid)
-                        measured = generate(**load, seconds=args.step_seconds, seed=int(step * 100) + rep)
-                        after = cpu_by_process(proc.pid)
+                        measured = generate(  # the warm-up starts what this configuration needs; not counted
+                            **load,
+                            warmup=args.warmup_seconds,
+                            seconds=args.step_seconds,
+                            seed=int(step * 100) + rep,
+                            cpu_pid=proc.pid,
+                        )
+                        before, after = measured["cpu"]
                     results = measured["results"]
                     if label == "maxbatch":  # its own model serving the fp32 artifact as version 1
                         results = [[c, s, ms, "fp32" if s == 200 else v] for c, s, ms, v in results]
