@@ -221,19 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module = importlib.import_module(f"sloserve.cli.{_COMMANDS[args.command]}")
-    from sloserve.cli.output import err
+    from sloserve.cli.output import err, print_error
 
     try:
         code: int = module.run(args)
         return code
     except SloserveError as error:
-        err.print(f"[red]error:[/] {error.message}")
+        print_error(error.message)
         return 2
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         return 130
     except OSError as error:
-        err.print(f"[red]error:[/] {error}")
+        print_error(str(error))
         return 1
 
 

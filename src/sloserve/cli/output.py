@@ -7,11 +7,18 @@ import os
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from sloserve.settings import Settings, default_home, load_settings
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
+"""Errors and warnings, a message per line however long (a path in it stays whole for copying and grep)."""
+
+
+def print_error(message: str, label: str = "[red]error:[/]") -> None:
+    """``label`` and ``message`` on stderr, the message printed as it is (brackets in it are not markup)."""
+    err.print(f"{label} {escape(message)}")
 
 
 def settings_of(args: argparse.Namespace) -> Settings:

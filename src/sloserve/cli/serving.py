@@ -13,7 +13,7 @@ from rich.table import Table
 
 from sloserve import __version__
 from sloserve.app import Server, serve
-from sloserve.cli.output import console, err, settings_of
+from sloserve.cli.output import console, print_error, settings_of
 from sloserve.cli.progress import RichProgress
 from sloserve.control.demo import DEMO_MODEL, ensure_demo_repository
 from sloserve.errors import InvalidArgumentError
@@ -56,7 +56,7 @@ def _print_ready(server: Server, demo: bool) -> None:
     console.print(Panel(table, title=f"sloserve {__version__} ready", expand=False))
     for status in server.lifecycle.index():
         if status.reason and status.name not in loaded:
-            err.print(f"[yellow]model {status.name} not loaded:[/] {status.reason}")
+            print_error(status.reason, f"[yellow]model {status.name} not loaded:[/]")
     if demo and DEMO_MODEL in loaded:
         console.print(_demo_calls(host, ports.http, ports.grpc))
     console.print("Press Ctrl+C to stop.")

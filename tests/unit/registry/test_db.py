@@ -154,6 +154,23 @@ def test_concurrent_first_opens_of_one_file_both_succeed(db_path: Path, repo: Pa
         assert sorted(e.model for e in db.events()) == ["m0", "m1", "m2", "m3"]
 
 
+def test_opening_waits_for_a_writer_before_switching_to_wal(db_path: Path, repo: Path) -> None:
+    # SQLite refuses the switch to WAL at once, without its busy handler, while another connection holds a
+    # write lock on the file (what a concurrent first open does): opening must wait for it as for any lock
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    holder = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.2, lambda: holder.execute("ROLLBACK"))
+    release.start()
+    try:
+        with RegistryDB(db_path, repo, busy_timeout_s=5.0) as db:
+            db.log_event("m", "opened")
+            assert db.events()[0].model == "m"
+    finally:
+        release.join()
+        holder.close()
+
+
 def test_a_failing_migration_is_rolled_back_whole(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
     good = ("CREATE TABLE a (x)",)

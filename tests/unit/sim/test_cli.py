@@ -111,10 +111,13 @@ def test_errors_are_clear(args: list[str], message: str, capsys: pytest.CaptureF
 
 
 def test_a_malformed_csv_names_its_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    csv = tmp_path / "bad.csv"
+    # a long path, and brackets that rich would take for markup: the message comes out whole, on one line
+    folder = tmp_path / ("a-folder-whose-name-is-long-enough-to-wrap-an-80-column-console" * 2)
+    folder.mkdir()
+    csv = folder / "[bold]bad.csv"
     csv.write_text("time_s\n0.1\n0.2\noops\n")
     assert main(["simulate", "--synthetic", "2", "--csv", str(csv)]) == 2
-    assert "line 4" in capsys.readouterr().err
+    assert f"error: {csv} line 4: time_s 'oops' is not a number\n" in capsys.readouterr().err
 
 
 def test_help_describes_the_workloads(capsys: pytest.CaptureFixture[str]) -> None:
