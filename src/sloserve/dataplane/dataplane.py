@@ -19,7 +19,6 @@ from sloserve.catalog import CatalogSnapshot, LoadedModel, ModelState, ModelStat
 from sloserve.clock import Clock
 from sloserve.dataplane.batcher import RowsResult
 from sloserve.dataplane.cache import PredictionCache, input_digest
-from sloserve.dataplane.deferral import Deferral
 from sloserve.dataplane.host import VersionHost
 from sloserve.dataplane.loop_load import LoopLag
 from sloserve.dataplane.selector import AdmissionRefused, VariantChooser
@@ -74,8 +73,6 @@ class DataPlane:
         self._cache = PredictionCache(clock)
         self._loads_read_at = clock.now()
         self._loop_lag = LoopLag()
-        self._deferral = Deferral(clock.now, self._loop_lag)
-        self._loop_lag.on_look = self._deferral.pump
         self._wanted: dict[tuple[str, VersionId], int] = {}
         """Rows that a variant not running would have served (refused, or sent to a dearer one)."""
         metrics.on_read(self._take_kept_counts)
@@ -92,7 +89,6 @@ class DataPlane:
             self._loop_lag.start()
         else:
             self._loop_lag.stop()
-            self._deferral.release_all()
 
     async def apply_catalog(self, snapshot: CatalogSnapshot) -> None:
         """Start hosts for newly running versions; drain and drop those that went away."""
@@ -284,12 +280,6 @@ class DataPlane:
         split_rows = config.max_batch_size
         max_rows = split_rows * MAX_CHUNKS if split_rows > 0 else None
         inputs, rows, output_names = check_request(request, config, max_rows)
-        if slo.latency_ms is not None and not slo.best_effort:
-            turn = self._deferral.wait(started + slo.latency_ms / 1e3)
-            if turn is not None:  # the loop runs behind and this query can wait: those that cannot go first
-                self._metrics.request_deferred(name)
-                await turn
-                view, version = self._view(name, request.model_version)  # as it is now
         if not request.model_version and view.loaded.profiles:
             now = self._clock.now()
             version = view.chooser.kept(view.hosts, slo, rows, now) or self._select(view, slo, rows, now)

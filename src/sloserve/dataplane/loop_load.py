@@ -55,8 +55,6 @@ class LoopLag:
         """:func:`lag_hold_scale` of :attr:`lag_ms`, worked out at each look rather than per request."""
         self.room = 0.0
         """:func:`loop_hold_scale` of :attr:`busy`; none until a window has been measured."""
-        self.on_look: Callable[[], None] | None = None
-        """Called after each look (the data plane releases deferred requests then)."""
 
     def start(self) -> None:
         """Start looking (in the running loop); idempotent."""
@@ -87,5 +85,3 @@ class LoopLag:
             self.room = loop_hold_scale(self.busy)
             self._window = (now, cpu)
         self._schedule()
-        if self.on_look is not None:
-            self.on_look()

@@ -243,12 +243,6 @@ class ServingMetrics:
             ["model", "variant"],
             registry=r,
         )
-        self._deferred_requests = Counter(
-            "sloserve_deferred_requests",
-            "Requests with time to spare that waited while the event loop ran behind, so that tighter ones went first.",
-            ["model"],
-            registry=r,
-        )
         self._replicas = Gauge(
             "sloserve_replicas", "Replicas running per variant (version).", ["model", "variant"], registry=r
         )
@@ -262,7 +256,6 @@ class ServingMetrics:
         self._failures = _Labelled(self._failure)
         self._slo_outcomes = _Tally(self._slo)
         self._selected = _Tally(self._selections)
-        self._deferred = _Tally(self._deferred_requests)
         self._on_read: list[Callable[[], None]] = []
 
     def request_started(self, model: str) -> None:
@@ -285,10 +278,6 @@ class ServingMetrics:
     def request_rejected(self, model: str, reason: str) -> None:
         """A request refused before it was queued (never counted as pending)."""
         self._failures.labels(model, reason).inc()
-
-    def request_deferred(self, model: str) -> None:
-        """A request waited for tighter ones while the event loop ran behind (:mod:`sloserve.dataplane.deferral`)."""
-        self._deferred.add(model)
 
     def batch_executed(self, model: str, rows: int, compute_s: float) -> None:
         c = self._per_model.counts(model)
@@ -340,5 +329,4 @@ class ServingMetrics:
             callback()
         self._slo_outcomes.flush()
         self._selected.flush()
-        self._deferred.flush()
         return generate_latest(self.registry)

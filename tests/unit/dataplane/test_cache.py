@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
@@ -262,37 +261,6 @@ async def test_a_query_whose_slo_the_event_loops_lag_would_spend_is_refused_befo
     assert (await plane.infer(loose)).parameters["slo_met"] is True
     unbounded = infer_request(x)  # no latency SLO: nothing to refuse it for
     assert "slo_met" in (await plane.infer(unbounded)).parameters
-    await plane.apply_catalog(CatalogSnapshot())
-
-
-async def test_while_the_loop_runs_behind_a_loose_query_waits_and_a_tight_one_goes_first() -> None:
-    """Deferral: with the loop 2 ms behind, a 40 ms query waits (counted in sloserve_deferred_requests) until its
-    slack is down to what the loop needs, while a 6 ms query behind it is served at once; a query without a
-    latency SLO never waits."""
-    plane, fakes, clock = await plane_with(CONFIG)
-    plane._loop_lag.lag_ms = 2.0
-    plane._loop_lag.hold_share = 0.0  # as the lag makes it: no holds for a batch
-    loose = infer_request(np.array([[1.0, 2.0]], np.float32))
-    loose.parameters = {"latency_slo_ms": 40}
-    loose.received_s = clock.now()
-    waiting = asyncio.ensure_future(plane.infer(loose))
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert not waiting.done() and not any(f.batches for f in fakes)
-    tight = infer_request(np.array([[3.0, 4.0]], np.float32))
-    tight.parameters = {"latency_slo_ms": 6}
-    tight.received_s = clock.now()
-    assert (await plane.infer(tight)).parameters["slo_met"] is True
-    assert (await plane.infer(infer_request(np.array([[5.0, 6.0]], np.float32)))).outputs
-    assert not waiting.done()
-    plane._deferral.pump()  # 40 ms left: more than the 14 ms it keeps
-    await asyncio.sleep(0)
-    assert not waiting.done()
-    await clock.advance(0.027)  # 13 ms left
-    plane._deferral.pump()
-    response = await asyncio.wait_for(waiting, 1.0)
-    assert response.outputs[0].data.tolist() == [[3.0, 6.0]]
-    assert 'sloserve_deferred_requests_total{model="m"} 1.0' in plane._metrics.exposition().decode()
     await plane.apply_catalog(CatalogSnapshot())
 
 
