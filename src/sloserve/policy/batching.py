@@ -21,8 +21,8 @@ several and costs less CPU per query. A tight class has slack only while the
 serving process's event loop has *room* (:func:`loop_hold_scale` of its busy
 share): its tail under load is what misses, so the reserve and the share of the
 budget a hold may take go from :data:`ROOMY_RESERVE_MS` and :data:`ROOMY_HOLD_FRACTION`
-(a 5 ms class held 1 ms) on a loop at most half busy to :data:`HOLD_RESERVE_MS` and
-:data:`SLO_HOLD_FRACTION` (a 5 ms class not held) on one two-thirds busy. So the scale is AIMD too
+(a 5 ms class held 1 ms) on a loop at most 65% busy to :data:`HOLD_RESERVE_MS` and
+:data:`SLO_HOLD_FRACTION` (a 5 ms class not held) on one 80% busy. So the scale is AIMD too
 (``hold_scale_update``): it halves after a batch in which a request finished past
 ``NEAR_MISS_SHARE`` of its budget (close enough to its deadline that the time the
 batcher cannot see, answering and the network, may push it over) and creeps back
@@ -56,7 +56,7 @@ HOLD_RESERVE_MS = 5.0
 under load (p99 3-8 ms on 2 cores at 40% of capacity) is there whatever the SLO, so a 5 ms class is not held."""
 ROOMY_RESERVE_MS = 3.0
 ROOMY_HOLD_FRACTION = 0.5
-"""Reserve and share of the budget while the event loop has room (at most half busy): a 5 ms class is held
+"""Reserve and share of the budget while the event loop has room (at most 65% busy): a 5 ms class is held
 1 ms. Measured at 20% of capacity (`digits`, half 5 ms, half 25 ms queries): -11% server CPU per query,
 attainment 99.82% against 99.96%; at 40%, where the loop is ~80% busy, the same hold cost 1-2 points."""
 
@@ -90,12 +90,16 @@ def holdable_ms(room: float) -> float:
 
 LOOP_LOAD_WINDOW_S = 0.1
 """The window over which the event loop's busy share is measured."""
-LOOP_BUSY_FULL_HOLD = 0.5
-LOOP_BUSY_NO_HOLD = 0.65
-"""Holds shrink from whole to none as the serving process's event loop goes from half a core busy to this:
-past it, the loop's own queueing (in bursts) takes the slack a hold would spend. Measured in 100 ms windows
-(`digits`, model-less, a slow hour): 0.44 / 0.53 / 0.71 (p10 / p50 / p90) at 20% of capacity, 0.69 / 0.80 /
-0.99 at 40%."""
+LOOP_BUSY_FULL_HOLD = 0.65
+LOOP_BUSY_NO_HOLD = 0.8
+"""Holds shrink from whole to none as the serving process's event loop goes from 65% of a core busy to this:
+past it, the loop's own queueing (in bursts) takes the slack a hold would spend. The loop's busy share at 40%
+of `digits`' capacity (6,900 queries/s, model-less, the 2-core VM) is 0.62 / 0.65 / 0.67 (p10 / p50 / p90 of
+100 ms windows) without holds for the tight class; from 0.5 to 0.65 that gate shut them there, and each tight
+query dispatched its batch alone (6 rows a batch). From 0.65 to 0.8 (`benchmarks/paired.py`, 8 reps each):
+-8.8 µs of server CPU a query at 40% of `digits` (8 of 8 reps cheaper; 99.88% within SLO against 100.00%)
+and -11.4 µs at 40% of `digits_wide` (8 of 8; 99.91% against 99.93%); at 8,200 and 9,500 queries/s of
+`digits`, where the loop is busier, the same CPU and attainment (99.67 / 99.69%, 99.66 / 99.54%)."""
 
 
 def loop_hold_scale(busy: float) -> float:
