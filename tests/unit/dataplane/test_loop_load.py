@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from sloserve.dataplane.loop_load import LoopLag
+from sloserve.dataplane.loop_load import IDLE_PERIOD_S, LAG_EWMA, LoopLag, lag_weight, next_look_s
 
 
 async def test_the_lag_follows_how_long_the_loop_takes_to_come_round() -> None:
@@ -47,3 +47,29 @@ async def test_the_busy_share_is_the_loop_threads_cpu_over_each_window_and_gives
         assert lag.busy == pytest.approx(busy) and lag.room == pytest.approx(room)
     lag.stop()
     assert lag.busy == 0.0 and lag.room == 0.0 and lag.hold_share == 1.0
+
+
+def test_an_idle_loop_is_looked_at_twice_as_late_each_time_and_a_working_one_at_the_period() -> None:
+    gaps = [0.002]
+    for _ in range(6):  # idle: the thread used 1% of the time since the last look
+        gaps.append(next_look_s(gaps[-1], 0.002, 0.01 * gaps[-1], gaps[-1]))
+    assert gaps == [0.002, 0.004, 0.008, 0.016, IDLE_PERIOD_S, IDLE_PERIOD_S, IDLE_PERIOD_S]
+    assert next_look_s(IDLE_PERIOD_S, 0.002, 0.2 * IDLE_PERIOD_S, IDLE_PERIOD_S) == 0.002  # working again
+    assert next_look_s(0.002, 0.05, 0.0, 0.05) == 0.05  # a period longer than the idle one stays
+
+
+def test_the_lags_average_follows_time_not_looks() -> None:
+    """A look one period after the last weighs LAG_EWMA; one after an idle gap of 16 periods nearly replaces
+    the average (what 16 looks in a row would have done); a look sooner than a period weighs no less."""
+    assert lag_weight(0.002, 0.002) == pytest.approx(LAG_EWMA)
+    assert lag_weight(0.0005, 0.002) == pytest.approx(LAG_EWMA)
+    assert lag_weight(0.032, 0.002) == pytest.approx(1 - (1 - LAG_EWMA) ** 16) and lag_weight(0.032, 0.002) > 0.99
+
+
+async def test_an_idle_server_loop_backs_off_to_the_idle_period() -> None:
+    """On a real, idle loop the looks space out to IDLE_PERIOD_S within ~60 ms (2 + 4 + 8 + 16 + 32 ms)."""
+    lag = LoopLag(period_s=0.002)
+    lag.start()
+    await asyncio.sleep(0.2)
+    assert lag._next_s == IDLE_PERIOD_S and lag.lag_ms < 2.0
+    lag.stop()
