@@ -94,6 +94,8 @@ class ModelConfig:
     """Where a replica runs: ``process`` (a worker process of its own), ``inline`` (in the server's process,
     on its event loop: no round trip per batch, for models whose batches take well under a millisecond), or
     ``auto`` (inline when the variant's files hold at most 1 MiB)."""
+    _inputs_by_name: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
+    _outputs_by_name: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,11 +113,16 @@ class ModelConfig:
             "replica_kind": self.replica_kind,
         }
 
+    def __post_init__(self) -> None:
+        # By name, the first of each (every request looks its tensors up: a dict, not a scan)
+        object.__setattr__(self, "_inputs_by_name", {t.name: t for t in reversed(self.inputs)})
+        object.__setattr__(self, "_outputs_by_name", {t.name: t for t in reversed(self.outputs)})
+
     def input(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.inputs if t.name == name), None)
+        return self._inputs_by_name.get(name)
 
     def output(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.outputs if t.name == name), None)
+        return self._outputs_by_name.get(name)
 
 
 def validate_model_name(name: str) -> ModelName:

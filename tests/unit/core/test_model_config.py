@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
+import pickle
 from typing import Any
 
 import pytest
 
 from sloserve.errors import InvalidArgumentError
-from sloserve.model_config import parse_model_config
+from sloserve.model_config import TensorSpec, parse_model_config
 
 GOOD: dict[str, Any] = {
     "name": "digits",
@@ -27,6 +29,19 @@ def test_a_good_config_round_trips() -> None:
     assert config.replica_kind == "auto"  # the default
     assert parse_model_config(config.to_dict()) == config
     assert parse_model_config({**GOOD, "replica_kind": "process"}).replica_kind == "process"
+
+
+def test_tensors_are_found_by_name_in_copies_and_pickles_too() -> None:
+    """``input`` / ``output`` look names up in maps built with the config (every request does): a replaced
+    copy gets its own, a pickled one (a worker's) works, and the maps take no part in equality or repr."""
+    config = parse_model_config(GOOD)
+    assert config.input("input") == config.inputs[0] and config.input("probabilities") is None
+    assert config.output("probabilities") == config.outputs[0] and config.output("input") is None
+    two = dataclasses.replace(config, outputs=(*config.outputs, TensorSpec("label", "INT64", (-1,))))
+    assert two.output("label") == TensorSpec("label", "INT64", (-1,)) and config.output("label") is None
+    assert pickle.loads(pickle.dumps(two)).output("label") == two.outputs[1]
+    assert two != config and dataclasses.replace(two, outputs=config.outputs) == config
+    assert "_by_name" not in repr(config) and hash(config) == hash(parse_model_config(GOOD))
 
 
 @pytest.mark.parametrize(

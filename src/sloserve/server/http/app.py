@@ -9,6 +9,7 @@ lives in :mod:`sloserve.dataplane`, wire formats in :mod:`sloserve.protocol`.
 from __future__ import annotations
 
 import functools
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -35,7 +36,8 @@ class HttpApp:
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
         try:
-            return await self._route(request)
+            routed = self._route(request)
+            return routed if isinstance(routed, HttpResponse) else await routed
         except _MethodNotAllowed as error:
             return error_response(405, error.message)
         except SloserveError as error:
@@ -45,7 +47,9 @@ class HttpApp:
                 return response
             return HttpResponse(response.status, response.body, headers=((b"retry-after", retry.encode()),))
 
-    async def _route(self, request: HttpRequest) -> HttpResponse:
+    def _route(self, request: HttpRequest) -> HttpResponse | Coroutine[Any, Any, HttpResponse]:
+        """The response, or the coroutine that makes it: routing itself never waits, and a request's task
+        resumes through every coroutine frame between it and what it awaits (twice a query, at least)."""
         method = request.method
         parts = request.path.strip("/").split("/")
         if not parts or parts[0] != "v2":
@@ -60,12 +64,14 @@ class HttpApp:
             ok = self._dp.live() if rest[1] == "live" else self._dp.ready()
             return HttpResponse(200 if ok else 503)
         if head == "models":
-            return await self._models(method, rest[1:], request)
+            return self._models(method, rest[1:], request)
         if head == "repository":
-            return await self._repository(method, rest[1:], request.body)
+            return self._repository(method, rest[1:], request.body)
         raise NotFoundError(f"no such endpoint: {request.path}")
 
-    async def _models(self, method: str, rest: list[str], request: HttpRequest) -> HttpResponse:
+    def _models(
+        self, method: str, rest: list[str], request: HttpRequest
+    ) -> HttpResponse | Coroutine[Any, Any, HttpResponse]:
         if rest == ["stats"]:
             _expect(method, "GET")
             return _json(self._dp.model_stats())
@@ -83,7 +89,7 @@ class HttpApp:
             return HttpResponse(200 if ok else 503)
         if action == ["infer"]:
             _expect(method, "POST")
-            return await self._infer(name, version, request)
+            return self._infer(name, version, request)
         if action == ["stats"]:
             _expect(method, "GET")
             return _json(self._dp.model_stats(name, version))
