@@ -1,0 +1,154 @@
+"""The request path's own CPU per query, in process: for changes of a microsecond or two.
+
+    python benchmarks/requestpath.py [--model digits] [--workdir DIR] [--wave 16] [--rounds 1500] [--reps 9]
+                                     [--against SRC] [--tight-ms 5]
+
+Served benchmarks (`paired.py`) see the front end's cost through sockets, the load generator and the VM's
+drift: differences under ~3 µs a query drown there. This runs a `Server` (the composition `sloserve serve`
+uses) on a copy of a model registered by `slo.py --workdir` (the same DIR reuses it), without its ports:
+requests go straight to the HTTP app, in waves of `--wave` concurrent requests (half tight, half loose for
+model-less, `slo.py`'s classes; the same rows pinned to `fp32` without SLO parameters), and each rep's
+CPU time of the loop's thread (`time.thread_time`) over `--rounds` waves is divided by the queries. Everything
+from the body's bytes to the encoded answer counts: decoding, admission, selection, batching, the inline
+batch, the answer; the sockets do not.
+
+It prints the median and lowest per path, and the paired model-less - pinned difference per rep. With
+`--against SRC` (e.g. the `src` of `git worktree add /tmp/base HEAD`) the same measurement also runs with
+that source tree first on `PYTHONPATH`, alternating three times, and prints both: the two builds compared
+on one machine in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))
+import paired  # noqa: E402  (the model copy)
+import slo  # noqa: E402  (the registration and SLO classes)
+
+
+async def measure(repo: Path, home: Path, model: str, bodies: dict[str, list[tuple[str, bytes]]], args: Any) -> Any:
+    import uvloop  # noqa: F401  (the server's loop; imported here so --help needs none of it)
+
+    from sloserve.app import Server
+    from sloserve.server.http.app import HttpApp
+    from sloserve.server.http.serve import HttpRequest
+    from sloserve.settings import Settings
+
+    server = Server(Settings(repository=repo, home=home, autoscale_interval_s=0), repo)
+    await server.lifecycle.load_all()
+    server.dataplane.set_ready(True)
+    app = HttpApp(server.dataplane)
+    headers = [(b"content-type", b"application/json")]
+    per_query: dict[str, list[float]] = {name: [] for name in bodies}
+    failed: dict[str, int] = dict.fromkeys(bodies, 0)
+
+    async def one(name: str, path: str, body: bytes) -> None:
+        response = await app(HttpRequest("POST", path, headers, body, time.monotonic()))
+        if response.status != 200:
+            failed[name] += 1
+
+    try:
+        for _ in range(args.reps):
+            for name, wave in bodies.items():  # alternating: drift hits both paths alike
+                for _ in range(100):  # warm: caches, the chooser's kept choices, the batcher's AIMD
+                    await asyncio.gather(*(one(name, p, b) for p, b in wave))
+                started = time.thread_time()
+                for _ in range(args.rounds):
+                    await asyncio.gather(*(one(name, p, b) for p, b in wave))
+                per_query[name].append((time.thread_time() - started) / (args.rounds * len(wave)) * 1e6)
+    finally:
+        await server.stop()
+    return {"us": per_query, "failed": failed}
+
+
+def run_here(args: argparse.Namespace) -> dict[str, Any]:
+    """One measurement in this process (the source tree on its ``sys.path``)."""
+    import numpy as np
+    import orjson
+    import uvloop
+
+    base = args.workdir / args.model
+    records, _ = slo.register(args.model, base / "repo", base / "home", 0.2)
+    classes = slo.classes_for(records, 0.0, args.tight_ms)
+    repo, home = paired.copy_model(base, args.workdir / "requestpath" / args.model)
+    rows = np.load(base / f"{args.model}-rows.npy")
+
+    def body(params: dict[str, Any], i: int) -> bytes:
+        row = rows[i % len(rows)].tolist()
+        tensor = {"name": "input", "shape": [1, len(row)], "datatype": "FP32", "data": row}
+        return orjson.dumps({"inputs": [tensor], "parameters": params})
+
+    slos = [{"latency_slo_ms": c.latency_ms, "min_accuracy": c.min_accuracy} for c in classes]
+    bodies = {
+        "model-less": [(f"/v2/models/{args.model}/infer", body(slos[i % 2], i)) for i in range(args.wave)],
+        "fp32 pinned": [(f"/v2/models/{args.model}/versions/fp32/infer", body({}, i)) for i in range(args.wave)],
+    }
+    return uvloop.run(measure(repo, home, args.model, bodies, args))
+
+
+def run_with(src: str | None, args: argparse.Namespace) -> dict[str, Any]:
+    """One measurement in a child process with ``src`` first on its path (None: this checkout)."""
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    argv = [sys.argv[0], *(a for a in sys.argv[1:]), "--child"]
+    done = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the measurement with {src or 'this checkout'} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def summary(label: str, result: dict[str, Any]) -> None:
+    us = result["us"]
+    for name, values in us.items():
+        failed = result["failed"][name]
+        note = f" ({failed} answers not 200: an SLO refused or dropped)" if failed else ""
+        print(f"{label}{name:12s} median {statistics.median(values):5.1f} µs/query, lowest {min(values):5.1f}{note}")
+    diffs = [a - b for a, b in zip(us["model-less"], us["fp32 pinned"], strict=True)]
+    print(f"{label}model-less - pinned: median {statistics.median(diffs):+.2f} µs/query over {len(diffs)} reps")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="digits", choices=["digits", "digits_wide"])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/sloserve-bench"), help="slo.py's --workdir")
+    parser.add_argument("--wave", type=int, default=16, help="requests in flight together (one batch, mostly)")
+    parser.add_argument("--rounds", type=int, default=1500, help="waves per rep")
+    parser.add_argument("--reps", type=int, default=9)
+    parser.add_argument("--tight-ms", type=float, default=5.0, help="the tight class's latency SLO (loose: 5x)")
+    parser.add_argument("--against", default=None, help="another source tree (its src/) to measure the same way")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_here(args)))
+        return
+    if args.against is None:
+        summary("", run_here(args))
+        return
+    runs: dict[str, list[dict[str, Any]]] = {"this checkout": [], args.against: []}
+    for turn in range(3):
+        for src in (None, args.against) if turn % 2 == 0 else (args.against, None):
+            runs[src or "this checkout"].append(run_with(src, args))
+            print(f"measured {src or 'this checkout'} ({turn + 1} of 3)", file=sys.stderr)
+    for label, results in runs.items():
+        pooled = {
+            "us": {name: [v for r in results for v in r["us"][name]] for name in results[0]["us"]},
+            "failed": {name: sum(r["failed"][name] for r in results) for name in results[0]["failed"]},
+        }
+        summary(f"{label}: ", pooled)
+
+
+if __name__ == "__main__":
+    main()
