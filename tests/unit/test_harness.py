@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import gc
 import threading
+from typing import Any
 
+import pytest
 import tritonclient.http as httpclient
+
+from tests.conftest import finalized_quietly
 
 
 def test_a_closed_tritonclient_http_client_finalized_on_another_thread_is_no_error() -> None:
@@ -23,3 +27,22 @@ def test_a_closed_tritonclient_http_client_finalized_on_another_thread_is_no_err
     thread = threading.Thread(target=drop)
     thread.start()
     thread.join()
+
+
+def _raiser(filename: str, error: str) -> Any:
+    """A finalizer that raises ``error`` from code compiled as if in ``filename``."""
+    namespace: dict[str, object] = {}
+    exec(compile(f"def finalize(client):\n    raise {error}\n", filename, "exec"), namespace)
+    return namespace["finalize"]
+
+
+def test_what_gevent_raises_on_a_foreign_thread_is_swallowed_and_nothing_else() -> None:
+    finalized_quietly(_raiser("src/gevent/_hub_local.py", "AttributeError('loop')"), object())
+    finalized_quietly(
+        _raiser("x.py", "__import__('gevent.exceptions').exceptions.InvalidThreadUseError()"),
+        object(),
+    )
+    with pytest.raises(AttributeError):
+        finalized_quietly(_raiser("tritonclient/http/_client.py", "AttributeError('a bug')"), object())
+    with pytest.raises(ValueError):
+        finalized_quietly(_raiser("src/gevent/pool.py", "ValueError('other')"), object())
