@@ -2,7 +2,7 @@
 
     python benchmarks/paired.py --rate 5900 [--model digits] [--workdir DIR] [--reps 8] [--seconds 3]
                                 [--path modelless|VERSION] [--b-path VERSION] [--a-env JSON] [--b-env JSON]
-                                [--a-config JSON] [--b-config JSON] [--tight-ms 5]
+                                [--a-config JSON] [--b-config JSON] [--tight-ms 5] [--stall-ms 0]
 
 On the 2-core machine the same configuration measures 150-235 µs of server CPU per query in
 consecutive 5 s runs, and whole phases run 40% slower than an hour before: a difference of 5-10%
@@ -128,6 +128,12 @@ def main() -> None:
     parser.add_argument("--tight-ms", type=float, default=5.0, help="the tight class's latency SLO (loose: 5x)")
     parser.add_argument("--connections", type=int, default=256, help="open-loop connections (slo.py's default)")
     parser.add_argument(
+        "--stall-ms",
+        type=float,
+        default=0.0,
+        help="stop each server (SIGSTOP) this long halfway through each measured run: a VM's hiccup, on cue",
+    )
+    parser.add_argument(
         "--no-swap", dest="swap", action="store_false", help="keep A started first for every rep (no second half)"
     )
     args = parser.parse_args()
@@ -149,13 +155,15 @@ def main() -> None:
             rate=args.rate,
             send_slo=chosen == "modelless" or chosen.endswith("+slo"),
             classes=[c.__dict__ for c in classes],
+            stall_ms=args.stall_ms,
         )
         for name, chosen in (("A", args.path), ("B", args.b_path or args.path))
     }
     runs: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
     by_place: dict[int, list[float]] = {1: [], 2: []}
     paths = loads["A"]["path"] if loads["A"] == loads["B"] else f"A {loads['A']['path']}, B {loads['B']['path']}"
-    table = Table(title=f"{args.model}, {paths}, {args.rate:,.0f} queries/s, {args.seconds:g} s per run")
+    stalled = f", stopped {args.stall_ms:g} ms halfway" if args.stall_ms else ""
+    table = Table(title=f"{args.model}, {paths}, {args.rate:,.0f} queries/s, {args.seconds:g} s per run{stalled}")
     columns = ("rep", "server (started)", "server µs/query", "attainment", "p50 ms", "p99 ms", "late/429/504/other")
     for column in (*columns, "served by"):
         table.add_column(column, justify="right")

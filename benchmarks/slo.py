@@ -90,10 +90,12 @@ async def _open_loop(
     connections: int = 64,
     warmup: float = 0.0,
     cpu_pid: int | None = None,
+    stall_ms: float = 0.0,
 ) -> tuple[list[tuple[int, int, float, str]], dict[str, list[str]], list[dict[int, float]]]:
     """Poisson arrivals at ``rate`` for ``warmup`` + ``seconds``; the results of the queries scheduled in the
     last ``seconds``, and (with ``cpu_pid``) :func:`cpu_by_process` readings when those begin and once every
-    answer is in. The warm-up runs on the same connections: a measurement that opened its own would begin
+    answer is in. With ``stall_ms`` and ``cpu_pid``, that process is stopped (SIGSTOP) for ``stall_ms`` halfway
+    through the measured seconds while queries keep coming: the VM's hiccups, on cue. The warm-up runs on the same connections: a measurement that opened its own would begin
     with all of them connecting at once, a burst the server then works off at the measured rate (near the
     knee that took seconds in some runs, and decided them)."""
     rng = np.random.default_rng(seed)
@@ -158,7 +160,17 @@ async def _open_loop(
         await asyncio.sleep(max(0.0, start + warmup - time.perf_counter()))
         cpu.append(cpu_by_process(cpu_pid) if cpu_pid is not None else {})
 
-    await asyncio.gather(read_cpu(), *(connection() for _ in range(connections)))
+    async def stall() -> None:
+        if not stall_ms or cpu_pid is None:
+            return
+        await asyncio.sleep(max(0.0, start + warmup + seconds / 2 - time.perf_counter()))
+        os.kill(cpu_pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(stall_ms / 1e3)
+        finally:
+            os.kill(cpu_pid, signal.SIGCONT)
+
+    await asyncio.gather(read_cpu(), stall(), *(connection() for _ in range(connections)))
     cpu.append(cpu_by_process(cpu_pid) if cpu_pid is not None else {})
     return results, errors, cpu
 
@@ -218,6 +230,7 @@ def _generator_main(raw: str, out_path: str) -> None:
                 args["connections"],
                 args.get("warmup", 0.0),
                 args.get("cpu_pid"),
+                args.get("stall_ms", 0.0),
             )
         )
         cpu_pairs = [[[pid, seconds] for pid, seconds in reading.items()] for reading in cpu]

@@ -263,10 +263,11 @@ class DataPlane:
     def _admit(self, view: _ModelView, slo: Slo, started: float) -> None:
         if slo.latency_ms is not None and not slo.best_effort and slo.latency_ms > view.chooser.fastest_ms:
             waited_ms = (self._clock.now() - started) * 1e3
-            lag_ms = self._loop_lag.lag_ms
-            if waited_ms + LAG_TURNS * lag_ms >= slo.latency_ms:  # what the loop alone will make it wait
+            lag_ms, stall_ms = self._loop_lag.lag_ms, self._loop_lag.stall_ms
+            # what the loop alone will make it wait, and may have made it wait unseen before it was read
+            if waited_ms + stall_ms + LAG_TURNS * lag_ms >= slo.latency_ms:
                 self._metrics.request_rejected(view.loaded.name, "loop_overloaded")
-                raise ResourceExhaustedError(_loop_overloaded(waited_ms, lag_ms, slo.latency_ms))
+                raise ResourceExhaustedError(_loop_overloaded(waited_ms, stall_ms, lag_ms, slo.latency_ms))
 
     async def infer(self, request: InferRequest) -> InferResponse:
         name = request.model_name
@@ -427,12 +428,18 @@ class DataPlane:
         await self._require_control().unload(name)
 
 
-def _loop_overloaded(waited_ms: float, lag_ms: float, slo_ms: float) -> str:
+def _loop_overloaded(waited_ms: float, stall_ms: float, lag_ms: float, slo_ms: float) -> str:
     """Why a query is refused before any work: the front end alone would make it miss its SLO."""
     if waited_ms >= slo_ms:  # spent before it could even be read: no work can save it
         return (
             f"overloaded: the request waited {waited_ms:.1f} ms for the server to read it, past its {slo_ms:g} ms "
             "latency SLO; retry later"
+        )
+    if stall_ms > 0:
+        return (
+            f"overloaded: the server's process was stopped for ~{stall_ms:.0f} ms (by its host) just before it "
+            f"read the request, which may have waited all that time, and its event loop runs ~{lag_ms:.1f} ms "
+            f"behind: past the request's {slo_ms:g} ms latency SLO; retry"
         )
     return (
         f"overloaded: the server's event loop runs ~{lag_ms:.1f} ms behind (a turn for the batch, another for "

@@ -59,6 +59,11 @@ class LoopLag:
         self._last = (0.0, 0.0)
         """When the last look was, and the thread's CPU time then."""
         self.lag_ms = 0.0
+        self.stall_ms = 0.0
+        """How much later than due the last look came while the thread did no work (its process or VM was
+        stopped): what the requests read in the turn after it may have waited unseen, before they were read.
+        Not averaged in :attr:`lag_ms`: the next look on time clears it, where averaging a 100 ms stall in
+        would refuse every tight query for the ~20 ms the average takes to forget it."""
         self.busy = 0.0
         """The loop thread's CPU seconds per second over the last :data:`LOOP_LOAD_WINDOW_S` (``cpu`` reads the
         thread's CPU time; inline batches compute on it too)."""
@@ -78,7 +83,7 @@ class LoopLag:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.lag_ms = self.busy = self.room = 0.0
+        self.lag_ms = self.stall_ms = self.busy = self.room = 0.0
         self.hold_share = 1.0
 
     def _schedule(self) -> None:
@@ -87,8 +92,10 @@ class LoopLag:
 
     def _look(self) -> None:
         now, cpu = self._clock(), self._cpu()
-        late_ms = max(0.0, (now - self._due) * 1e3 - TIMER_SLACK_MS)
         last, cpu_last = self._last
+        late_ms, worked_ms = (now - self._due) * 1e3, (cpu - cpu_last) * 1e3
+        self.stall_ms = max(0.0, late_ms - worked_ms - TIMER_SLACK_MS)
+        late_ms = loop_late_ms(late_ms, worked_ms)
         self.lag_ms += lag_weight(now - last, self._period_s) * (late_ms - self.lag_ms)
         self.hold_share = lag_hold_scale(self.lag_ms)
         self._next_s = next_look_s(self._next_s, self._period_s, cpu - cpu_last, now - last)
@@ -99,6 +106,17 @@ class LoopLag:
             self.room = loop_hold_scale(self.busy)
             self._window = (now, cpu)
         self._schedule()
+
+
+def loop_late_ms(late_ms: float, worked_ms: float) -> float:
+    """How late a look was for the loop's work: ``late_ms`` past its due time, of which no more than the
+    ``worked_ms`` of CPU its thread used since the last look, less :data:`TIMER_SLACK_MS`.
+
+    A loop behind on its work is late because its turns run long: its thread works all the while, and the
+    turns to come will be as long. A process that was not running at all (its VM or the kernel stopped it
+    for 100 ms) finds its timer as late with no work done: that is :attr:`LoopLag.stall_ms`, which the
+    requests read in the next turn waited and the turns after do not."""
+    return max(0.0, min(late_ms, worked_ms) - TIMER_SLACK_MS)
 
 
 def lag_weight(since_s: float, period_s: float) -> float:

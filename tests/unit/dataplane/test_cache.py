@@ -264,6 +264,25 @@ async def test_a_query_whose_slo_the_event_loops_lag_would_spend_is_refused_befo
     await plane.apply_catalog(CatalogSnapshot())
 
 
+async def test_a_query_read_right_after_the_process_was_stopped_is_refused_for_the_stall() -> None:
+    """A process stopped for 30 ms (LoopLag.stall_ms) reads the requests that came meanwhile in its next turn:
+    they may have waited all of it, unseen; one whose SLO that spends is refused; once the next look has
+    cleared the stall the same query is served."""
+    plane, fakes, _clock = await plane_with(CONFIG)
+    plane._loop_lag.stall_ms = 30.0
+    x = np.array([[1.0, 2.0]], np.float32)
+    query = infer_request(x)
+    query.parameters = {"latency_slo_ms": 7}
+    with pytest.raises(ResourceExhaustedError, match=r"process was stopped for ~30 ms"):
+        await plane.infer(query)
+    assert not any(f.batches for f in fakes)
+    plane._loop_lag.stall_ms = 0.0
+    query = infer_request(x)
+    query.parameters = {"latency_slo_ms": 7}  # too tight to be held for a batch on the fake clock
+    assert (await plane.infer(query)).parameters["slo_met"] is True
+    await plane.apply_catalog(CatalogSnapshot())
+
+
 async def test_the_transport_refuses_for_the_loops_lag_before_decoding_tensors_and_infer_checks_no_more() -> None:
     """Over HTTP the lag check runs once the body is parsed and before its tensors are decoded (so a refusal
     costs the parse alone): a tight query is refused with 429 even when its tensor would not decode. A request

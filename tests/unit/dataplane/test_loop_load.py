@@ -7,7 +7,15 @@ import time
 
 import pytest
 
-from sloserve.dataplane.loop_load import IDLE_PERIOD_S, LAG_EWMA, LoopLag, lag_weight, next_look_s
+from sloserve.dataplane.loop_load import (
+    IDLE_PERIOD_S,
+    LAG_EWMA,
+    TIMER_SLACK_MS,
+    LoopLag,
+    lag_weight,
+    loop_late_ms,
+    next_look_s,
+)
 
 
 async def test_the_lag_follows_how_long_the_loop_takes_to_come_round() -> None:
@@ -19,8 +27,10 @@ async def test_the_lag_follows_how_long_the_loop_takes_to_come_round() -> None:
     await asyncio.sleep(0.03)
     assert lag.lag_ms < 2.0  # idle (a loaded CI machine still comes round in well under 2 ms)
 
-    def block() -> None:
-        time.sleep(0.02)
+    def block() -> None:  # work, as a long turn does (a sleeping thread is stopped, not behind: see below)
+        end = time.perf_counter() + 0.02
+        while time.perf_counter() < end:
+            pass
 
     loop = asyncio.get_running_loop()
     for _ in range(6):  # the loop busy 20 ms in every ~22: each look waits behind one
@@ -73,3 +83,33 @@ async def test_an_idle_server_loop_backs_off_to_the_idle_period() -> None:
     await asyncio.sleep(0.2)
     assert lag._next_s == IDLE_PERIOD_S and lag.lag_ms < 2.0
     lag.stop()
+
+
+def test_a_look_is_late_for_the_loops_work_by_no_more_than_its_thread_worked() -> None:
+    """Past the timers' slack: a busy loop's lateness counts whole; a stopped process's not beyond what it did."""
+    assert loop_late_ms(5.0, 7.0) == pytest.approx(5.0 - TIMER_SLACK_MS)  # working all the while
+    assert loop_late_ms(100.0, 0.5) == 0.0  # stopped for 100 ms, a little work around it
+    assert loop_late_ms(100.0, 30.0) == pytest.approx(30.0 - TIMER_SLACK_MS)
+    assert loop_late_ms(0.8, 0.8) == 0.0  # an idle loop's timer, late by its granularity
+
+
+async def test_a_stopped_process_shows_as_a_stall_for_one_look_and_not_in_the_lag() -> None:
+    """Clocks faked, looks called by hand: a look 100 ms late while the thread did no work is a stall of
+    ~99 ms (the requests read next may have waited it), not lag; the next look on time clears it. A look as
+    late with the thread working all the while is lag, and no stall."""
+    now, cpu = [0.0], [0.0]
+    lag = LoopLag(clock=lambda: now[0], period_s=0.002, cpu=lambda: cpu[0])
+    lag.start()
+    now[0] += 0.102  # due at 2 ms, the process stopped until 102 ms
+    lag._look()
+    assert lag.stall_ms == pytest.approx(100.0 - TIMER_SLACK_MS) and lag.lag_ms == 0.0
+    now[0] += 0.002
+    cpu[0] += 0.002
+    lag._look()
+    assert lag.stall_ms == 0.0 and lag.lag_ms == 0.0
+    now[0] += 0.102
+    cpu[0] += 0.102  # as late, the thread busy throughout: a turn of 100 ms
+    lag._look()
+    assert lag.stall_ms == 0.0 and lag.lag_ms > 90.0
+    lag.stop()
+    assert lag.stall_ms == 0.0 and lag.lag_ms == 0.0
