@@ -23,8 +23,8 @@ ports); the summary pools both halves and prints the attainment by place, which 
 (`--no-swap`: one half, A started first).
 
 It prints each rep's server CPU per query (the front end's own process), attainment, p50 and p99, the
-misses (answered late, refused with 429, dropped with 504, other),
-then the means and the paired A - B differences: their median and in how many reps A was cheaper.
+misses (answered late, refused with 429, dropped with 504, other), the host's stops of the server over
+the run and its warm-up (`sloserve_event_loop_stalls_total`: how many, and how long in all), then the means and the paired A - B differences: their median and in how many reps A was cheaper.
 """
 
 from __future__ import annotations
@@ -81,9 +81,13 @@ def patch_config(repo: Path, model: str, patch: dict[str, Any]) -> None:
 
 
 def measure(
-    port: int, pid: int, load: dict[str, Any], seconds: float, seed: int, classes: list[slo.SloClass]
+    server: tuple[Any, int, int], load: dict[str, Any], seconds: float, seed: int, classes: list[slo.SloClass]
 ) -> dict[str, Any]:
+    proc, port, metrics_port = server
+    pid = proc.pid
+    stalls = slo.loop_stalls(metrics_port)
     measured = slo.generate(**load, port=port, warmup=1.0, seconds=seconds, seed=seed, cpu_pid=pid)
+    stalls_s = slo.stalls_between(stalls, slo.loop_stalls(metrics_port))
     before, after = measured["cpu"]
     results = measured["results"]
     sent = max(len(results), 1)
@@ -100,6 +104,7 @@ def measure(
         "p50_ms": latencies[len(latencies) // 2],
         "p99_ms": latencies[int(len(latencies) * 0.99)],
         "misses": f"{late} / {refused} / {dropped} / {sent - met - late - refused - dropped}",
+        "stalls": stalls_s,
         "variants": " ".join(
             f"{v}:{n / sent:.0%}" for v, n in collections.Counter(r[3] for r in results if r[3]).most_common(3)
         ),
@@ -165,22 +170,26 @@ def main() -> None:
     stalled = f", stopped {args.stall_ms:g} ms halfway" if args.stall_ms else ""
     table = Table(title=f"{args.model}, {paths}, {args.rate:,.0f} queries/s, {args.seconds:g} s per run{stalled}")
     columns = ("rep", "server (started)", "server µs/query", "attainment", "p50 ms", "p99 ms", "late/429/504/other")
-    for column in (*columns, "served by"):
+    for column in (*columns, "host stops", "served by"):
         table.add_column(column, justify="right")
     halves = ("AB", "BA") if args.swap and args.reps >= 2 else ("AB",)
     rep = 0
     for half, places in enumerate(halves):
-        servers: dict[str, tuple[Any, int]] = {}
+        servers: dict[str, tuple[Any, int, int]] = {}
         try:
             for place, name in enumerate(places, 1):
                 repo, home = copy_model(base, args.workdir / "paired" / args.model / f"place{place}")
                 patch_config(repo, args.model, patches[name])
-                servers[name] = slo.start_server(repo, home, home.parent / "server.log", extra_env=envs[name])
+                metrics_port = slo.free_port()
+                log = home.parent / "server.log"
+                servers[name] = (
+                    *slo.start_server(repo, home, log, extra_env=envs[name], metrics_port=metrics_port),
+                    metrics_port,
+                )
             for _ in range(args.reps // len(halves) + (half < args.reps % len(halves))):
                 with console.status(f"rep {rep + 1}/{args.reps}"):
                     for name in "AB" if rep % 2 == 0 else "BA":
-                        proc, port = servers[name]
-                        run = measure(port, proc.pid, loads[name], args.seconds, rep, classes)
+                        run = measure(servers[name], loads[name], args.seconds, rep, classes)
                         runs[name].append(run)
                         place = places.index(name) + 1
                         by_place[place].append(run["attainment"])
@@ -192,11 +201,12 @@ def main() -> None:
                             f"{run['p50_ms']:.2f}",
                             f"{run['p99_ms']:.2f}",
                             str(run["misses"]),
+                            str(run["stalls"]),
                             str(run["variants"]),
                         )
                 rep += 1
         finally:
-            for proc, _ in servers.values():
+            for proc, _, _ in servers.values():
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(60)
     console.print(table)

@@ -282,8 +282,9 @@ def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
 
 
 def start_server(
-    repo: Path, home: Path, log: Path, extra_env: dict[str, str] | None = None
+    repo: Path, home: Path, log: Path, extra_env: dict[str, str] | None = None, metrics_port: int | None = None
 ) -> tuple[subprocess.Popen[bytes], int]:
+    """A ``sloserve serve`` of ``repo``, ready; its process and HTTP port (metrics on ``metrics_port`` if given)."""
     port = free_port()
     env = {**os.environ, "SLOSERVE_HOME": str(home), **(extra_env or {})}
     with log.open("ab") as out:
@@ -302,7 +303,7 @@ def start_server(
                 "--grpc-port",
                 str(free_port()),
                 "--metrics-port",
-                str(free_port()),
+                str(metrics_port or free_port()),
             ],
             env=env,
             stdout=out,
@@ -320,6 +321,21 @@ def start_server(
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"server did not start; see {log}")
+
+
+def loop_stalls(metrics_port: int) -> tuple[int, float]:
+    """The server's ``sloserve_event_loop_stalls_total`` and ``..._stalled_seconds_total`` now: how often, and
+    for how long in all, its host stopped it (a VM's hiccups; read before and after a run)."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+    found = dict(re.findall(r"^sloserve_event_loop_(stalls|stalled_seconds)_total (\S+)$", text, re.MULTILINE))
+    return int(float(found.get("stalls", 0))), float(found.get("stalled_seconds", 0.0))
+
+
+def stalls_between(before: tuple[int, float], after: tuple[int, float]) -> str:
+    """What :func:`loop_stalls` read over a run: "stops / ms in all"."""
+    return f"{after[0] - before[0]} / {(after[1] - before[1]) * 1e3:.0f} ms"
 
 
 # ---- the experiment ----------------------------------------------------------------------------
@@ -389,7 +405,8 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
         records, x = register(name, repo, home, args.profile_seconds)
     accuracy = {r.id: r.profile.accuracy for r in records}
     log = base / f"{name}-server.log"
-    proc, port = start_server(repo, home, log)
+    metrics_port = free_port()
+    proc, port = start_server(repo, home, log, metrics_port=metrics_port)
     rows = [row.tolist() for row in x[:32]]
     fp32_path = f"/v2/models/{name}/versions/fp32/infer"
     _, idle_p50, idle_p99 = generate(kind="closed", port=port, path=fp32_path, row=rows[0], seconds=2, connections=1)
@@ -435,6 +452,7 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
                         classes=[c.__dict__ for c in classes],
                     )
                     with console.status(f"{name} {label} at {step:.0%} (run {rep + 1}/{args.repeat})"):
+                        stalls_before = loop_stalls(metrics_port)
                         measured = generate(  # the warm-up starts what this configuration needs; not counted
                             **load,
                             warmup=args.warmup_seconds,
@@ -447,8 +465,11 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
                     if label == "maxbatch":  # its own model serving the fp32 artifact as version 1
                         results = [[c, s, ms, "fp32" if s == 200 else v] for c, s, ms, v in results]
                     run = summarize_step(results, classes, dict(accuracy), cpu_used(before, after))
-                    if args.verbose:
-                        console.print(f"{label} at {step:.0%}, run {rep + 1}: {run} {measured['errors']}")
+                    if args.verbose:  # the host's stops over the run (warm-up too): a bad run's usual cause
+                        stalled = stalls_between(stalls_before, loop_stalls(metrics_port))
+                        console.print(
+                            f"{label} at {step:.0%}, run {rep + 1}: {run} {measured['errors']} stalls {stalled}"
+                        )
                     acc = pooled.setdefault(
                         label, {"results": [], "cpu": 0.0, "front": 0.0, "runs": [], "cpu_runs": []}
                     )

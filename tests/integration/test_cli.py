@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import signal
 import socket
 import subprocess
@@ -88,6 +89,20 @@ def test_serve_builds_the_demo_answers_and_stops_cleanly_on_sigterm(tmp_path: Pa
         inp.set_data_from_numpy(x)
         assert client.infer("digits", [inp]).as_numpy("label").shape == (3,)
         assert "sloserve_request_success_total" in httpx.get(f"http://127.0.0.1:{ports[2]}/metrics").text
+        proc.send_signal(signal.SIGSTOP)  # its host stops it: the next look of the loop finds a stall
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGCONT)
+        for _ in range(20):  # the look may come a turn after the first scrape
+            stalled = re.search(
+                r"^sloserve_event_loop_stalled_seconds_total (\S+)$",
+                httpx.get(f"http://127.0.0.1:{ports[2]}/metrics").text,
+                re.MULTILINE,
+            )
+            assert stalled is not None
+            if float(stalled.group(1)) > 0.1:
+                break
+            time.sleep(0.05)
+        assert 0.1 < float(stalled.group(1)) < 10.0
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         output = proc.stdout.read() if proc.stdout else ""

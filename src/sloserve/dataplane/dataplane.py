@@ -73,6 +73,7 @@ class DataPlane:
         self._cache = PredictionCache(clock)
         self._loads_read_at = clock.now()
         self._loop_lag = LoopLag()
+        metrics.event_loop(self._loop_lag)
         self._wanted: dict[tuple[str, VersionId], int] = {}
         """Rows that a variant not running would have served (refused, or sent to a dearer one)."""
         metrics.on_read(self._take_kept_counts)

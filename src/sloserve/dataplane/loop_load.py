@@ -64,6 +64,10 @@ class LoopLag:
         stopped): what the requests read in the turn after it may have waited unseen, before they were read.
         Not averaged in :attr:`lag_ms`: the next look on time clears it, where averaging a 100 ms stall in
         would refuse every tight query for the ~20 ms the average takes to forget it."""
+        self.stalls = 0
+        """Looks that found a stall, since this was made (exported as ``sloserve_event_loop_stalls_total``)."""
+        self.stalled_s = 0.0
+        """Their :attr:`stall_ms` summed, in seconds."""
         self.busy = 0.0
         """The loop thread's CPU seconds per second over the last :data:`LOOP_LOAD_WINDOW_S` (``cpu`` reads the
         thread's CPU time; inline batches compute on it too)."""
@@ -95,6 +99,9 @@ class LoopLag:
         last, cpu_last = self._last
         late_ms, worked_ms = (now - self._due) * 1e3, (cpu - cpu_last) * 1e3
         self.stall_ms = max(0.0, late_ms - worked_ms - TIMER_SLACK_MS)
+        if self.stall_ms > 0.0:
+            self.stalls += 1
+            self.stalled_s += self.stall_ms / 1e3
         late_ms = loop_late_ms(late_ms, worked_ms)
         self.lag_ms += lag_weight(now - last, self._period_s) * (late_ms - self.lag_ms)
         self.hold_share = lag_hold_scale(self.lag_ms)

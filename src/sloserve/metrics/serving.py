@@ -15,6 +15,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from itertools import accumulate
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -144,6 +145,57 @@ class _PerModel(Collector):
         yield pending
 
 
+class EventLoopGauge(Protocol):
+    """What the metrics read of the serving event loop (:class:`~sloserve.dataplane.loop_load.LoopLag`)."""
+
+    @property
+    def lag_ms(self) -> float: ...
+
+    @property
+    def busy(self) -> float: ...
+
+    @property
+    def stalls(self) -> int: ...
+
+    @property
+    def stalled_s(self) -> float: ...
+
+
+class _EventLoop(Collector):
+    """The serving event loop's lag, busy share and stalls, read when the metrics are."""
+
+    def __init__(self) -> None:
+        self.loop: EventLoopGauge | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(None)
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self.loop)
+
+    @staticmethod
+    def _families(loop: EventLoopGauge | None) -> Iterator[Metric]:
+        lag = GaugeMetricFamily(
+            "sloserve_event_loop_lag_seconds",
+            "How far behind the serving event loop runs (moving average of how late a timer fires while it works).",
+        )
+        busy = GaugeMetricFamily(
+            "sloserve_event_loop_busy_ratio", "CPU seconds per second of the serving event loop's thread."
+        )
+        stalls = CounterMetricFamily(
+            "sloserve_event_loop_stalls",
+            "Times the server's process was found stopped by its host (a timer late with no work done: "
+            "a VM's hiccup, CPU throttling).",
+        )
+        stalled = CounterMetricFamily("sloserve_event_loop_stalled_seconds", "Those stops' lengths, summed.")
+        if loop is not None:
+            lag.add_metric([], loop.lag_ms / 1e3)
+            busy.add_metric([], loop.busy)
+            stalls.add_metric([], loop.stalls)
+            stalled.add_metric([], loop.stalled_s)
+        yield from (lag, busy, stalls, stalled)
+
+
 class _Labelled:
     """A labelled counter whose children are kept: ``labels()`` takes a lock and ~2 µs per call, and some of
     these are counted on every request."""
@@ -192,6 +244,8 @@ class ServingMetrics:
         )
         self._per_model = _PerModel()
         r.register(self._per_model)
+        self._event_loop = _EventLoop()
+        r.register(self._event_loop)
         self._worker_restarts = Counter(
             "sloserve_replica_restarts", "Replica processes restarted after dying.", ["model"], registry=r
         )
@@ -284,6 +338,10 @@ class ServingMetrics:
         c.executions += 1
         c.batch_size.observe(rows)
         c.compute_seconds.observe(compute_s)
+
+    def event_loop(self, loop: EventLoopGauge) -> None:
+        """Export ``loop``'s lag, busy share and stalls (read at every scrape)."""
+        self._event_loop.loop = loop
 
     def replica_restarted(self, model: str) -> None:
         self._worker_restarts.labels(model).inc()

@@ -103,6 +103,7 @@ async def test_a_stopped_process_shows_as_a_stall_for_one_look_and_not_in_the_la
     now[0] += 0.102  # due at 2 ms, the process stopped until 102 ms
     lag._look()
     assert lag.stall_ms == pytest.approx(100.0 - TIMER_SLACK_MS) and lag.lag_ms == 0.0
+    assert lag.stalls == 1 and lag.stalled_s == pytest.approx(lag.stall_ms / 1e3)
     now[0] += 0.002
     cpu[0] += 0.002
     lag._look()
@@ -110,6 +111,6 @@ async def test_a_stopped_process_shows_as_a_stall_for_one_look_and_not_in_the_la
     now[0] += 0.102
     cpu[0] += 0.102  # as late, the thread busy throughout: a turn of 100 ms
     lag._look()
-    assert lag.stall_ms == 0.0 and lag.lag_ms > 90.0
+    assert lag.stall_ms == 0.0 and lag.lag_ms > 90.0 and lag.stalls == 1
     lag.stop()
     assert lag.stall_ms == 0.0 and lag.lag_ms == 0.0

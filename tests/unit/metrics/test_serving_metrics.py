@@ -52,3 +52,26 @@ def test_histograms_count_a_value_in_every_bucket_it_does_not_exceed() -> None:
     assert 'sloserve_compute_duration_seconds_bucket{le="0.0005",model="m"} 0.0' in text
     assert 'sloserve_compute_duration_seconds_bucket{le="0.001",model="m"} 1.0' in text
     assert 'sloserve_compute_duration_seconds_count{model="m"} 2.0' in text
+
+
+def test_the_event_loops_lag_busy_share_and_stalls_are_read_at_each_scrape() -> None:
+    """Nothing is exported before a loop is attached; then its numbers as they are when read."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Loop:
+        lag_ms: float = 0.0
+        busy: float = 0.0
+        stalls: int = 0
+        stalled_s: float = 0.0
+
+    m = ServingMetrics()
+    assert "\nsloserve_event_loop_lag_seconds " not in m.exposition().decode()  # described, no sample
+    loop = Loop()
+    m.event_loop(loop)
+    loop.lag_ms, loop.busy, loop.stalls, loop.stalled_s = 2.5, 0.75, 3, 0.25
+    text = m.exposition().decode()
+    assert "sloserve_event_loop_lag_seconds 0.0025" in text
+    assert "sloserve_event_loop_busy_ratio 0.75" in text
+    assert "sloserve_event_loop_stalls_total 3.0" in text
+    assert "sloserve_event_loop_stalled_seconds_total 0.25" in text
