@@ -81,7 +81,7 @@ class LoopLag:
         if self._timer is None:
             self._window = self._last = (self._clock(), self._cpu())
             self._next_s = self._period_s
-            self._schedule()
+            self._schedule(self._next_s)
 
     def stop(self) -> None:
         if self._timer is not None:
@@ -90,9 +90,9 @@ class LoopLag:
         self.lag_ms = self.stall_ms = self.busy = self.room = 0.0
         self.hold_share = 1.0
 
-    def _schedule(self) -> None:
-        self._due = self._clock() + self._next_s
-        self._timer = asyncio.get_running_loop().call_later(self._next_s, self._look)
+    def _schedule(self, delay_s: float) -> None:
+        self._due = self._clock() + delay_s
+        self._timer = asyncio.get_running_loop().call_later(delay_s, self._look)
 
     def _look(self) -> None:
         now, cpu = self._clock(), self._cpu()
@@ -102,17 +102,19 @@ class LoopLag:
         if self.stall_ms > 0.0:
             self.stalls += 1
             self.stalled_s += self.stall_ms / 1e3
+        self._next_s = next_look_s(self._next_s, self._period_s, worked_ms / 1e3, now - last)
         late_ms = loop_late_ms(late_ms, worked_ms)
         self.lag_ms += lag_weight(now - last, self._period_s) * (late_ms - self.lag_ms)
         self.hold_share = lag_hold_scale(self.lag_ms)
-        self._next_s = next_look_s(self._next_s, self._period_s, cpu - cpu_last, now - last)
         self._last = (now, cpu)
         since, cpu_then = self._window
         if now - since >= LOOP_LOAD_WINDOW_S:
             self.busy = (cpu - cpu_then) / (now - since)
             self.room = loop_hold_scale(self.busy)
             self._window = (now, cpu)
-        self._schedule()
+        # after a stall, one look a period on even on an idle loop (whose next would come up to IDLE_PERIOD_S
+        # later, refusing for as long): once the loop has read what came meanwhile, it clears the stall
+        self._schedule(self._period_s if self.stall_ms > 0.0 else self._next_s)
 
 
 def loop_late_ms(late_ms: float, worked_ms: float) -> float:

@@ -95,13 +95,20 @@ def test_a_look_is_late_for_the_loops_work_by_no_more_than_its_thread_worked() -
 
 async def test_a_stopped_process_shows_as_a_stall_for_one_look_and_not_in_the_lag() -> None:
     """Clocks faked, looks called by hand: a look 100 ms late while the thread did no work is a stall of
-    ~99 ms (the requests read next may have waited it), not lag; the next look on time clears it. A look as
-    late with the thread working all the while is lag, and no stall."""
+    ~99 ms (the requests read next may have waited it), not lag, and the next look comes a period later, even
+    on an idle loop, and clears it if on time. A look as late with the thread working all the while is lag,
+    and no stall."""
     now, cpu = [0.0], [0.0]
     lag = LoopLag(clock=lambda: now[0], period_s=0.002, cpu=lambda: cpu[0])
     lag.start()
-    now[0] += 0.102  # due at 2 ms, the process stopped until 102 ms
+    for _ in range(5):  # an idle loop: the looks space out
+        now[0] += lag._next_s
+        lag._look()
+    assert lag._next_s == IDLE_PERIOD_S and lag.stalls == 0
+    now[0] += IDLE_PERIOD_S + 0.1  # the process stopped for 100 ms more
     lag._look()
+    assert lag._due - now[0] == pytest.approx(0.002)  # the next look soon: it clears the stall
+    assert lag._next_s == IDLE_PERIOD_S  # and the looks after it as far apart as before
     assert lag.stall_ms == pytest.approx(100.0 - TIMER_SLACK_MS) and lag.lag_ms == 0.0
     assert lag.stalls == 1 and lag.stalled_s == pytest.approx(lag.stall_ms / 1e3)
     now[0] += 0.002
