@@ -55,6 +55,8 @@ class LoopLag:
         self._due = 0.0
         self._next_s = period_s
         """Until the next look: the period, or longer while the loop idles."""
+        self._clearing = False
+        """The next look comes a period after a stall, whatever :attr:`_next_s` says."""
         self._window = (0.0, 0.0)
         self._last = (0.0, 0.0)
         """When the last look was, and the thread's CPU time then."""
@@ -102,7 +104,8 @@ class LoopLag:
         if self.stall_ms > 0.0:
             self.stalls += 1
             self.stalled_s += self.stall_ms / 1e3
-        self._next_s = next_look_s(self._next_s, self._period_s, worked_ms / 1e3, now - last)
+        if not self._clearing:  # the look a period after a stall leaves the spacing as it was
+            self._next_s = next_look_s(self._next_s, self._period_s, worked_ms / 1e3, now - last)
         late_ms = loop_late_ms(late_ms, worked_ms)
         self.lag_ms += lag_weight(now - last, self._period_s) * (late_ms - self.lag_ms)
         self.hold_share = lag_hold_scale(self.lag_ms)
@@ -114,7 +117,8 @@ class LoopLag:
             self._window = (now, cpu)
         # after a stall, one look a period on even on an idle loop (whose next would come up to IDLE_PERIOD_S
         # later, refusing for as long): once the loop has read what came meanwhile, it clears the stall
-        self._schedule(self._period_s if self.stall_ms > 0.0 else self._next_s)
+        self._clearing = self.stall_ms > 0.0
+        self._schedule(self._period_s if self._clearing else self._next_s)
 
 
 def loop_late_ms(late_ms: float, worked_ms: float) -> float:

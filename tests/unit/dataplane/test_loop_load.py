@@ -115,8 +115,10 @@ async def test_a_stopped_process_shows_as_a_stall_for_one_look_and_not_in_the_la
     cpu[0] += 0.002
     lag._look()
     assert lag.stall_ms == 0.0 and lag.lag_ms == 0.0
-    now[0] += 0.102
-    cpu[0] += 0.102  # as late, the thread busy throughout: a turn of 100 ms
+    assert lag._due - now[0] == pytest.approx(IDLE_PERIOD_S)  # that look left the idle spacing as it was
+    gap = lag._due + 0.1 - now[0]  # 100 ms late again, the thread busy throughout: a turn of 100 ms
+    now[0] += gap
+    cpu[0] += gap
     lag._look()
     assert lag.stall_ms == 0.0 and lag.lag_ms > 90.0 and lag.stalls == 1
     lag.stop()
