@@ -438,9 +438,10 @@ def _loop_overloaded(waited_ms: float, stall_ms: float, lag_ms: float, slo_ms: f
         )
     if stall_ms > 0:
         return (
-            f"overloaded: the server's process was stopped for ~{stall_ms:.0f} ms (by its host) just before it "
-            f"read the request, which may have waited all that time, and its event loop runs ~{lag_ms:.1f} ms "
-            f"behind: past the request's {slo_ms:g} ms latency SLO; retry"
+            f"overloaded: the server's event loop was held up for ~{stall_ms:.0f} ms without working (its process "
+            f"stopped by the host, or waiting on another thread) just before it read the request, which may have "
+            f"waited all that time, and it runs ~{lag_ms:.1f} ms behind: past the request's {slo_ms:g} ms latency "
+            "SLO; retry"
         )
     return (
         f"overloaded: the server's event loop runs ~{lag_ms:.1f} ms behind (a turn for the batch, another for "

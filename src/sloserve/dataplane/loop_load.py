@@ -63,7 +63,7 @@ class LoopLag:
         self.lag_ms = 0.0
         self.stall_ms = 0.0
         """How much later than due the last look came while the thread did no work (its process or VM was
-        stopped): what the requests read in the turn after it may have waited unseen, before they were read.
+        stopped, or it waited on another thread): what the requests read in the turn after it may have waited unseen, before they were read.
         Not averaged in :attr:`lag_ms`: the next look on time clears it, where averaging a 100 ms stall in
         would refuse every tight query for the ~20 ms the average takes to forget it."""
         self.stalls = 0

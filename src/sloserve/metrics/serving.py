@@ -184,10 +184,10 @@ class _EventLoop(Collector):
         )
         stalls = CounterMetricFamily(
             "sloserve_event_loop_stalls",
-            "Times the server's process was found stopped by its host (a timer late with no work done: "
-            "a VM's hiccup, CPU throttling).",
+            "Times the serving event loop was found held up without working (a timer late with no CPU "
+            "used: the process stopped by its host, a VM's hiccup, CPU throttling, or a wait on another thread).",
         )
-        stalled = CounterMetricFamily("sloserve_event_loop_stalled_seconds", "Those stops' lengths, summed.")
+        stalled = CounterMetricFamily("sloserve_event_loop_stalled_seconds", "Those stalls' lengths, summed.")
         if loop is not None:
             lag.add_metric([], loop.lag_ms / 1e3)
             busy.add_metric([], loop.busy)
