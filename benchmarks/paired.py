@@ -170,7 +170,7 @@ def main() -> None:
     stalled = f", stopped {args.stall_ms:g} ms halfway" if args.stall_ms else ""
     table = Table(title=f"{args.model}, {paths}, {args.rate:,.0f} queries/s, {args.seconds:g} s per run{stalled}")
     columns = ("rep", "server (started)", "server µs/query", "attainment", "p50 ms", "p99 ms", "late/429/504/other")
-    for column in (*columns, "host stops", "served by"):
+    for column in (*columns, "host stops", "served by (of all sent)"):
         table.add_column(column, justify="right")
     halves = ("AB", "BA") if args.swap and args.reps >= 2 else ("AB",)
     rep = 0
