@@ -360,15 +360,17 @@ class DynamicBatcher:
                 return await self._replicas.acquire(wait_s)
 
     def _drop_late(self, waiting: _Waiting, now: float) -> None:
-        """Fail a request that can no longer finish in time even alone with DEADLINE_EXCEEDED."""
+        """Fail a request that can no longer finish in time even alone with DEADLINE_EXCEEDED. Its SLO runs from
+        when the server began reading it, so the message says what is left of it, not only the queue's wait."""
         self.expired += 1
+        deadline_s = now if waiting.deadline_s is None else waiting.deadline_s
         self.hold_scale = hold_scale_update(self.hold_scale, True)
         _fail(
             [waiting],
             DeadlineExceededError(
                 f"dropped before compute: the request could no longer finish within its latency SLO "
-                f"(waited {(now - waiting.enqueued_s) * 1e3:.1f} ms; a batch takes "
-                f"~{self.model.predict_ms(waiting.rows):.2f} ms)"
+                f"({max(0.0, deadline_s - now) * 1e3:.1f} ms of it left after {(now - waiting.enqueued_s) * 1e3:.1f} "
+                f"ms in the batching queue; a batch takes ~{self.model.predict_ms(waiting.rows):.2f} ms)"
             ),
         )
 
