@@ -24,7 +24,8 @@ ports); the summary pools both halves and prints the attainment by place, which 
 
 It prints each rep's server CPU per query (the front end's own process), attainment, p50 and p99, the
 misses (answered late, refused with 429, dropped with 504, other), the host's stops of the server over
-the run and its warm-up (`sloserve_event_loop_stalls_total`: how many, and how long in all), then the means and the paired A - B differences: their median and in how many reps A was cheaper.
+the run and its warm-up (`sloserve_event_loop_stalls_total`: how many, and how long in all), the rows per
+batch it ran over the same time (`sloserve_inference_count_total` / `sloserve_execution_count_total`), then the means and the paired A - B differences: their median and in how many reps A was cheaper.
 """
 
 from __future__ import annotations
@@ -85,9 +86,15 @@ def measure(
 ) -> dict[str, Any]:
     proc, port, metrics_port = server
     pid = proc.pid
-    stalls = slo.loop_stalls(metrics_port)
+    counters = slo.server_counters(metrics_port)
     measured = slo.generate(**load, port=port, warmup=1.0, seconds=seconds, seed=seed, cpu_pid=pid)
-    stalls_s = slo.stalls_between(stalls, slo.loop_stalls(metrics_port))
+    after = slo.server_counters(metrics_port)
+    stalls_s = slo.stalls_between(
+        (int(counters["event_loop_stalls"]), counters["event_loop_stalled_seconds"]),
+        (int(after["event_loop_stalls"]), after["event_loop_stalled_seconds"]),
+    )
+    batches = after["execution_count"] - counters["execution_count"]
+    rows_per_batch = (after["inference_count"] - counters["inference_count"]) / max(batches, 1.0)
     before, after = measured["cpu"]
     results = measured["results"]
     sent = max(len(results), 1)
@@ -105,6 +112,7 @@ def measure(
         "p99_ms": latencies[int(len(latencies) * 0.99)],
         "misses": f"{late} / {refused} / {dropped} / {sent - met - late - refused - dropped}",
         "stalls": stalls_s,
+        "rows_per_batch": rows_per_batch,
         "variants": " ".join(
             f"{v}:{n / sent:.0%}" for v, n in collections.Counter(r[3] for r in results if r[3]).most_common(3)
         ),
@@ -170,7 +178,7 @@ def main() -> None:
     stalled = f", stopped {args.stall_ms:g} ms halfway" if args.stall_ms else ""
     table = Table(title=f"{args.model}, {paths}, {args.rate:,.0f} queries/s, {args.seconds:g} s per run{stalled}")
     columns = ("rep", "server (started)", "server µs/query", "attainment", "p50 ms", "p99 ms", "late/429/504/other")
-    for column in (*columns, "host stops", "served by (of all sent)"):
+    for column in (*columns, "rows/batch", "host stops", "served by (of all sent)"):
         table.add_column(column, justify="right")
     halves = ("AB", "BA") if args.swap and args.reps >= 2 else ("AB",)
     rep = 0
@@ -201,6 +209,7 @@ def main() -> None:
                             f"{run['p50_ms']:.2f}",
                             f"{run['p99_ms']:.2f}",
                             str(run["misses"]),
+                            f"{run['rows_per_batch']:.1f}",
                             str(run["stalls"]),
                             str(run["variants"]),
                         )
@@ -218,9 +227,11 @@ def main() -> None:
     for name in "AB":
         us = [r["server_us"] for r in runs[name]]
         attainment = [r["attainment"] for r in runs[name]]
+        rows = statistics.median(r["rows_per_batch"] for r in runs[name])
         console.print(
             f"{name} {json.dumps(envs[name])}{' ' + json.dumps(patches[name]) if patches[name] else ''}: server {statistics.mean(us):.0f} µs/query (median "
-            f"{statistics.median(us):.0f}), attainment {statistics.mean(attainment):.2%} (lowest {min(attainment):.2%})"
+            f"{statistics.median(us):.0f}), attainment {statistics.mean(attainment):.2%} (lowest {min(attainment):.2%}), "
+            f"{rows:.1f} rows a batch (median)"
         )
     diffs = [a["server_us"] - b["server_us"] for a, b in zip(runs["A"], runs["B"], strict=True)]
     if diffs:

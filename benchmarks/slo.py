@@ -48,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -323,14 +323,28 @@ def start_server(
     raise RuntimeError(f"server did not start; see {log}")
 
 
-def loop_stalls(metrics_port: int) -> tuple[int, float]:
-    """The server's ``sloserve_event_loop_stalls_total`` and ``..._stalled_seconds_total`` now: how often, and
-    for how long in all, its host stopped it (a VM's hiccups; read before and after a run)."""
+_COUNTERS = re.compile(
+    r"^sloserve_(event_loop_stalls|event_loop_stalled_seconds|execution_count|inference_count)_total(?:\{[^}]*\})? (\S+)$",
+    re.MULTILINE,
+)
+
+
+def server_counters(metrics_port: int) -> dict[str, float]:
+    """The server's counters now, summed over their labels (read before and after a run): ``event_loop_stalls``
+    and ``event_loop_stalled_seconds`` (how often, and for how long in all, its host stopped it: a VM's
+    hiccups), ``execution_count`` and ``inference_count`` (batches run, and the rows in them)."""
     import httpx
 
-    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
-    found = dict(re.findall(r"^sloserve_event_loop_(stalls|stalled_seconds)_total (\S+)$", text, re.MULTILINE))
-    return int(float(found.get("stalls", 0))), float(found.get("stalled_seconds", 0.0))
+    sums: dict[str, float] = defaultdict(float)
+    for name, value in _COUNTERS.findall(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text):
+        sums[name] += float(value)
+    return sums
+
+
+def loop_stalls(metrics_port: int) -> tuple[int, float]:
+    """The server's ``sloserve_event_loop_stalls_total`` and ``..._stalled_seconds_total`` now."""
+    counters = server_counters(metrics_port)
+    return int(counters["event_loop_stalls"]), counters["event_loop_stalled_seconds"]
 
 
 def stalls_between(before: tuple[int, float], after: tuple[int, float]) -> str:
