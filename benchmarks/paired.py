@@ -113,6 +113,7 @@ def measure(
         "misses": f"{late} / {refused} / {dropped} / {sent - met - late - refused - dropped}",
         "stalls": stalls_s,
         "rows_per_batch": rows_per_batch,
+        "generator_busy": measured.get("generator_busy", 0.0),
         "variants": " ".join(
             f"{v}:{n / sent:.0%}" for v, n in collections.Counter(r[3] for r in results if r[3]).most_common(3)
         ),
@@ -178,7 +179,7 @@ def main() -> None:
     stalled = f", stopped {args.stall_ms:g} ms halfway" if args.stall_ms else ""
     table = Table(title=f"{args.model}, {paths}, {args.rate:,.0f} queries/s, {args.seconds:g} s per run{stalled}")
     columns = ("rep", "server (started)", "server µs/query", "attainment", "p50 ms", "p99 ms", "late/429/504/other")
-    for column in (*columns, "rows/batch", "host stops", "served by (of all sent)"):
+    for column in (*columns, "rows/batch", "host stops", "generator busy", "served by (of all sent)"):
         table.add_column(column, justify="right")
     halves = ("AB", "BA") if args.swap and args.reps >= 2 else ("AB",)
     rep = 0
@@ -211,6 +212,7 @@ def main() -> None:
                             str(run["misses"]),
                             f"{run['rows_per_batch']:.1f}",
                             str(run["stalls"]),
+                            f"{run['generator_busy']:.0%}",
                             str(run["variants"]),
                         )
                 rep += 1

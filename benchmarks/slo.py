@@ -91,7 +91,7 @@ async def _open_loop(
     warmup: float = 0.0,
     cpu_pid: int | None = None,
     stall_ms: float = 0.0,
-) -> tuple[list[tuple[int, int, float, str]], dict[str, list[str]], list[dict[int, float]]]:
+) -> tuple[list[tuple[int, int, float, str]], dict[str, list[str]], list[dict[int, float]], float]:
     """Poisson arrivals at ``rate`` for ``warmup`` + ``seconds``; the results of the queries scheduled in the
     last ``seconds``, and (with ``cpu_pid``) :func:`cpu_by_process` readings when those begin and once every
     answer is in. With ``stall_ms`` and ``cpu_pid``, that process is stopped (SIGSTOP) for ``stall_ms`` halfway
@@ -155,10 +155,12 @@ async def _open_loop(
         writer.close()
 
     cpu: list[dict[int, float]] = []
+    own: list[float] = []
 
     async def read_cpu() -> None:
         await asyncio.sleep(max(0.0, start + warmup - time.perf_counter()))
         cpu.append(cpu_by_process(cpu_pid) if cpu_pid is not None else {})
+        own.extend((time.process_time(), time.perf_counter()))
 
     async def stall() -> None:
         if not stall_ms or cpu_pid is None:
@@ -172,7 +174,8 @@ async def _open_loop(
 
     await asyncio.gather(read_cpu(), stall(), *(connection() for _ in range(connections)))
     cpu.append(cpu_by_process(cpu_pid) if cpu_pid is not None else {})
-    return results, errors, cpu
+    busy = (time.process_time() - own[0]) / max(time.perf_counter() - own[1], 1e-9) if own else 0.0
+    return results, errors, cpu, busy
 
 
 _VERSION = re.compile(rb'"model_version":\s*"([^"]*)"')
@@ -217,7 +220,7 @@ def _generator_main(raw: str, out_path: str) -> None:
         closed = _closed_loop(args["port"], args["path"], args["row"], args["seconds"], args["connections"])
         result: Any = asyncio.run(closed)
     else:
-        results, errors, cpu = asyncio.run(
+        results, errors, cpu, busy = asyncio.run(
             _open_loop(
                 args["port"],
                 args["path"],
@@ -234,7 +237,7 @@ def _generator_main(raw: str, out_path: str) -> None:
             )
         )
         cpu_pairs = [[[pid, seconds] for pid, seconds in reading.items()] for reading in cpu]
-        result = {"results": results, "errors": errors, "cpu": cpu_pairs}
+        result = {"results": results, "errors": errors, "cpu": cpu_pairs, "generator_busy": busy}
     # a file, not stdout: the event loop may leave stdout non-blocking, and a large write would be cut short
     Path(out_path).write_text(json.dumps(result))
 
@@ -482,7 +485,8 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
                     if args.verbose:  # the host's stops over the run (warm-up too): a bad run's usual cause
                         stalled = stalls_between(stalls_before, loop_stalls(metrics_port))
                         console.print(
-                            f"{label} at {step:.0%}, run {rep + 1}: {run} {measured['errors']} stalls {stalled}"
+                            f"{label} at {step:.0%}, run {rep + 1}: {run} {measured['errors']} stalls {stalled} "
+                            f"generator busy {measured['generator_busy']:.0%}"
                         )
                     acc = pooled.setdefault(
                         label, {"results": [], "cpu": 0.0, "front": 0.0, "runs": [], "cpu_runs": []}
