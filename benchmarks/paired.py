@@ -81,6 +81,18 @@ def patch_config(repo: Path, model: str, patch: dict[str, Any]) -> None:
     path.write_text(json.dumps(config, indent=2))
 
 
+def start_versions(port: int, model: str, versions: list[str], row: list[float]) -> None:
+    """Start ``versions`` on the server (a cold start each, unless running): one pinned query each."""
+    import httpx
+
+    body = {"inputs": [{"name": "input", "shape": [1, len(row)], "datatype": "FP32", "data": row}]}
+    for version in versions:
+        url = f"http://127.0.0.1:{port}/v2/models/{model}/versions/{version}/infer"
+        response = httpx.post(url, json=body, timeout=60)
+        if response.status_code != 200:
+            raise SystemExit(f"could not start {version}: {response.status_code} {response.text[:300]}")
+
+
 def measure(
     server: tuple[Any, int, int], load: dict[str, Any], seconds: float, seed: int, classes: list[slo.SloClass]
 ) -> dict[str, Any]:
@@ -139,6 +151,13 @@ def main() -> None:
         help='JSON merged into server A\'s copy of the model config, e.g. \'{"dynamic_batching": {"max_slo_hold_us": 0}}\'',
     )
     parser.add_argument("--b-config", default="{}", help="the same for server B")
+    parser.add_argument(
+        "--a-running",
+        default="",
+        help="versions to start on server A before each run, one pinned query each (e.g. int8-static,fp16): in "
+        "slo.py's full run the fixed configurations leave their variants running for ~10 s, beside model-less",
+    )
+    parser.add_argument("--b-running", default="", help="the same for server B")
     parser.add_argument("--tight-ms", type=float, default=5.0, help="the tight class's latency SLO (loose: 5x)")
     parser.add_argument("--connections", type=int, default=256, help="open-loop connections (slo.py's default)")
     parser.add_argument(
@@ -152,6 +171,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     envs = {"A": json.loads(args.a_env), "B": json.loads(args.b_env)}
+    running = {"A": [v for v in args.a_running.split(",") if v], "B": [v for v in args.b_running.split(",") if v]}
     patches = {"A": json.loads(args.a_config), "B": json.loads(args.b_config)}
     base = args.workdir / args.model
     with console.status(f"registering {args.model} (once per workdir)"):
@@ -198,6 +218,7 @@ def main() -> None:
             for _ in range(args.reps // len(halves) + (half < args.reps % len(halves))):
                 with console.status(f"rep {rep + 1}/{args.reps}"):
                     for name in "AB" if rep % 2 == 0 else "BA":
+                        start_versions(servers[name][1], args.model, running[name], rows[0])
                         run = measure(servers[name], loads[name], args.seconds, rep, classes)
                         runs[name].append(run)
                         place = places.index(name) + 1
@@ -231,7 +252,7 @@ def main() -> None:
         attainment = [r["attainment"] for r in runs[name]]
         rows = statistics.median(r["rows_per_batch"] for r in runs[name])
         console.print(
-            f"{name} {json.dumps(envs[name])}{' ' + json.dumps(patches[name]) if patches[name] else ''}: server {statistics.mean(us):.0f} µs/query (median "
+            f"{name} {json.dumps(envs[name])}{' ' + json.dumps(patches[name]) if patches[name] else ''}{' running ' + ','.join(running[name]) if running[name] else ''}: server {statistics.mean(us):.0f} µs/query (median "
             f"{statistics.median(us):.0f}), attainment {statistics.mean(attainment):.2%} (lowest {min(attainment):.2%}), "
             f"{rows:.1f} rows a batch (median)"
         )
