@@ -2,7 +2,8 @@
 
     python benchmarks/paired.py --rate 5900 [--model digits] [--workdir DIR] [--reps 8] [--seconds 3]
                                 [--path modelless|VERSION] [--b-path VERSION] [--a-env JSON] [--b-env JSON]
-                                [--a-config JSON] [--b-config JSON] [--tight-ms 5] [--stall-ms 0]
+                                [--a-config JSON] [--b-config JSON] [--a-running V,V] [--b-running V,V]
+                                [--tight-ms 5] [--stall-ms 0]
 
 On the 2-core machine the same configuration measures 150-235 µs of server CPU per query in
 consecutive 5 s runs, and whole phases run 40% slower than an hour before: a difference of 5-10%
@@ -25,7 +26,11 @@ ports); the summary pools both halves and prints the attainment by place, which 
 It prints each rep's server CPU per query (the front end's own process), attainment, p50 and p99, the
 misses (answered late, refused with 429, dropped with 504, other), the host's stops of the server over
 the run and its warm-up (`sloserve_event_loop_stalls_total`: how many, and how long in all), the rows per
-batch it ran over the same time (`sloserve_inference_count_total` / `sloserve_execution_count_total`), then the means and the paired A - B differences: their median and in how many reps A was cheaper.
+batch it ran over the same time (`sloserve_inference_count_total` / `sloserve_execution_count_total`), how busy
+the load generator was (its CPU over the measured seconds), then the means and the paired A - B differences: their
+median and in how many reps A was cheaper. `--a-running int8-static,fp16` starts those variants on server A before
+each run (one pinned query each), as the fixed configurations of `slo.py`'s rotation leave theirs running beside
+model-less.
 """
 
 from __future__ import annotations
