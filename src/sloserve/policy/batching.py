@@ -21,8 +21,8 @@ several and costs less CPU per query. A tight class has slack only while the
 serving process's event loop has *room* (:func:`loop_hold_scale` of its busy
 share): its tail under load is what misses, so the reserve and the share of the
 budget a hold may take go from :data:`ROOMY_RESERVE_MS` and :data:`ROOMY_HOLD_FRACTION`
-(a 5 ms class held 1 ms) on a loop at most 65% busy to :data:`HOLD_RESERVE_MS` and
-:data:`SLO_HOLD_FRACTION` (a 5 ms class not held) on one 80% busy. So the scale is AIMD too
+(a 5 ms class held 1 ms) on a loop at most 90% busy to :data:`HOLD_RESERVE_MS` and
+:data:`SLO_HOLD_FRACTION` (a 5 ms class not held) on one a whole core busy. So the scale is AIMD too
 (``hold_scale_update``): it halves after a batch in which a request finished past
 ``NEAR_MISS_SHARE`` of its budget (close enough to its deadline that the time the
 batcher cannot see, answering and the network, may push it over) and creeps back
@@ -90,16 +90,19 @@ def holdable_ms(room: float) -> float:
 
 LOOP_LOAD_WINDOW_S = 0.1
 """The window over which the event loop's busy share is measured."""
-LOOP_BUSY_FULL_HOLD = 0.65
-LOOP_BUSY_NO_HOLD = 0.8
-"""Holds shrink from whole to none as the serving process's event loop goes from 65% of a core busy to this:
-past it, the loop's own queueing (in bursts) takes the slack a hold would spend. The loop's busy share at 40%
-of `digits`' capacity (6,900 queries/s, model-less, the 2-core VM) is 0.62 / 0.65 / 0.67 (p10 / p50 / p90 of
-100 ms windows) without holds for the tight class; from 0.5 to 0.65 that gate shut them there, and each tight
-query dispatched its batch alone (6 rows a batch). From 0.65 to 0.8 (`benchmarks/paired.py`, 8 reps each):
--8.8 µs of server CPU a query at 40% of `digits` (8 of 8 reps cheaper; 99.88% within SLO against 100.00%)
-and -11.4 µs at 40% of `digits_wide` (8 of 8; 99.91% against 99.93%); at 8,200 and 9,500 queries/s of
-`digits`, where the loop is busier, the same CPU and attainment (99.67 / 99.69%, 99.66 / 99.54%)."""
+LOOP_BUSY_FULL_HOLD = 0.9
+LOOP_BUSY_NO_HOLD = 1.0
+"""Holds shrink from whole to none as the serving process's event loop goes from 90% of a core busy to a whole
+core: there nothing is left of the loop for the slack a hold would spend (the lag gate, ``lag_hold_scale``,
+closes them earlier if the loop runs behind). The gate was first half a core to two-thirds: at 40% of
+`digits`' capacity (6,900 queries/s, model-less, the 2-core VM) the loop runs 0.62 / 0.65 / 0.67 busy (p10 /
+p50 / p90 of 100 ms windows), so it shut the tight holds there and each tight query dispatched its batch alone
+(6 rows a batch). From 0.65 to 0.8 (`benchmarks/paired.py`, 8 reps each): -8.8 µs of server CPU a query at 40%
+of `digits` (8 of 8 reps cheaper; 99.88% within SLO against 100.00%) and -11.4 µs at 40% of `digits_wide` (8 of
+8; 99.91% against 99.93%). From 0.8 to 1.0 (0.9 to 1.0 at 80%): at 60% of `digits` (14,500 queries/s), 17.9
+against 10.6 rows a batch and -2.3 / -2.6 µs a query in two runs (cheaper in 15 of 16 reps), 98.48 / 98.78%
+against 98.99 / 98.55% (p50 2.1 against 1.3 ms); at 80% (19,500) -1.2 µs, 96.57% against 84.83% (two of six
+reps before collapsed, none after)."""
 
 
 def loop_hold_scale(busy: float) -> float:

@@ -98,7 +98,7 @@ def test_a_request_is_held_a_fifth_of_its_slo_beyond_the_reserve_up_to_the_cap()
 def test_a_tight_request_is_held_as_the_event_loop_has_room() -> None:
     from sloserve.policy.batching import hold_ms, loop_hold_scale
 
-    assert loop_hold_scale(0.65) == 1.0 and loop_hold_scale(0.8) == 0.0
+    assert loop_hold_scale(0.9) == 1.0 and loop_hold_scale(1.0) == 0.0
     assert hold_ms(5.0, 2.0, room=1.0) == 1.0  # half of what is left beyond a 3 ms reserve
     assert hold_ms(5.0, 2.0, room=0.8) == pytest.approx(0.44 * (5.0 - 3.4))  # reserve and share in between
     assert hold_ms(5.0, 2.0, room=0.6) == 0.0  # 0.46 ms: under the event loop's timer resolution
