@@ -8,7 +8,9 @@ For each bundled model: register it (every recipe; kept and reused with --workdi
 fp32 pinned) and the capacity (closed loop, 64 connections, fp32 pinned, no SLO; the median of three
 2 s runs), then
 replay open-loop Poisson load at each step of that capacity, half "tight" and half
-"loose" queries, through:
+"loose" queries, through the configurations below. After each step the capacity is read once more (one
+2 s run): the summary shows each step's rate as a share of the readings before and after it, because this
+machine's speed drifts by up to a fifth within one model's steps. The configurations:
 
 * modelless   no version pinned: each query states its SLO; sloserve selects, batches
               by deadline and refuses at once what it cannot serve in time;
@@ -442,15 +444,15 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
     try:
         # the median of three: the VM's speed swings by 10-15% within minutes, and one lucky reading (18,695
         # against 16,000-17,500 req/s measured around it) makes every step a heavier load than it says
-        readings = sorted(
-            generate(kind="closed", port=port, path=fp32_path, row=rows[0], seconds=2, connections=64)[0]
-            for _ in range(3)
-        )
+        readings = sorted(read_capacity(port, fp32_path, rows[0]) for _ in range(3))
         capacity = readings[1]
         console.print(
             f"capacity (closed loop, 64 connections, fp32 pinned, median of "
             f"{', '.join(f'{r:,.0f}' for r in readings)}): {capacity:,.0f} req/s"
         )
+        # the machine's speed drifts during a run (by 20% within one model's steps, session 17): one more reading
+        # after each step shows how much of the capacity each step's rate really was
+        capacities = {"start": capacity}
         for step in args.steps:
             pooled: dict[str, dict[str, Any]] = {}
             for rep in range(args.repeat):  # repeats interleave the configurations: drift hits all alike
@@ -496,6 +498,12 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
                     acc["front"] += after[proc.pid] - before[proc.pid]
                     acc["runs"].append(run["attainment"])
                     acc["cpu_runs"].append(run["cpu_s_per_1k"])
+            capacities[step] = read_capacity(port, fp32_path, rows[0])
+            if args.verbose:
+                console.print(
+                    f"capacity after the {step:.0%} step: {capacities[step]:,.0f} req/s "
+                    f"({step * capacity / capacities[step]:.0%} of it)"
+                )
             for label, _, _ in configs:
                 acc = pooled[label]
                 summary = summarize_step(acc["results"], classes, dict(accuracy), acc["cpu"])
@@ -507,7 +515,7 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    print_table(name, out, classes)
+    print_table(name, out, classes, capacities)
     if args.simulate:
         simulate_compare(name, repo, home, capacity, classes, args, out)
     console.print(f"server log: {log}")
@@ -554,7 +562,29 @@ def _misses(results: list[list[Any]], classes: list[SloClass], accuracy: dict[st
     return dict(out)
 
 
-def print_table(name: str, out: list[tuple[str, float, dict[str, Any]]], classes: list[SloClass]) -> None:
+def read_capacity(port: int, path: str, row: list[float]) -> float:
+    """Requests/s of a 2 s closed loop (64 connections, one row a request) on ``path``."""
+    return float(generate(kind="closed", port=port, path=path, row=row, seconds=2, connections=64)[0])
+
+
+def step_capacity(capacities: dict[Any, float], step: float) -> str:
+    """The step's rate as a share of the capacity read before it (at the start or after the step before) and
+    after it: the load it really was, on a machine whose speed drifts."""
+    steps = [s for s in capacities if s != "start"]
+    if step not in capacities:
+        return "-"
+    at = steps.index(step)
+    before = capacities["start"] if at == 0 else capacities[steps[at - 1]]
+    rate = step * capacities["start"]
+    return f"{rate / before:.0%} / {rate / capacities[step]:.0%}"
+
+
+def print_table(
+    name: str,
+    out: list[tuple[str, float, dict[str, Any]]],
+    classes: list[SloClass],
+    capacities: dict[Any, float] | None = None,
+) -> None:
     table = Table(
         title=f"{name}: SLO attainment (met / sent; a query meets its SLO when answered within its latency "
         "by a variant at least as accurate as it asked); CPU-s per 1,000 queries, all / the workers' share"
@@ -584,7 +614,10 @@ def print_table(name: str, out: list[tuple[str, float, dict[str, Any]]], classes
         )
     console.print(table)
     summary = Table(title=f"{name}: per load step, configurations reaching ≥ 99% attainment")
-    for col in ("load", "reaching 99%", "cheapest of those", "modelless attainment", "modelless CPU-s/1k"):
+    columns = ["load", "reaching 99%", "cheapest of those", "modelless attainment", "modelless CPU-s/1k"]
+    if capacities:
+        columns.insert(1, "of capacity read before / after")
+    for col in columns:
         summary.add_column(col)
     for step in sorted({s for _, s, _ in out}):
         rows = [(label, r) for label, s, r in out if s == step]
@@ -593,6 +626,7 @@ def print_table(name: str, out: list[tuple[str, float, dict[str, Any]]], classes
         ml = next(r for label, r in rows if label == "modelless")
         summary.add_row(
             f"{step:.0%}",
+            *([step_capacity(capacities, step)] if capacities else []),
             ", ".join(label for label, _ in ok) or "none",
             cheapest,
             f"{ml['attainment']:.2%}",
