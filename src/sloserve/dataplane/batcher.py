@@ -156,6 +156,11 @@ class LoopShare(Protocol):
         """The room the loop has for holding tight classes, in [0, 1] (:func:`hold_ms`)."""
         ...
 
+    @property
+    def idle(self) -> float:
+        """How much the loop idles, in [0, 1]: tight classes are held longer (:func:`hold_ms`)."""
+        ...
+
 
 BatchObserver = Callable[[int, float], None]
 """Called with (rows, service seconds) for every batch that ran successfully.
@@ -255,9 +260,9 @@ class DynamicBatcher:
                 if loop is None:
                     if budget_ms >= _HOLDABLE_MS:
                         release += hold_ms(budget_ms, self._spec.max_slo_hold_s * 1e3, self.hold_scale) / 1e3
-                elif budget_ms >= (_HOLDABLE_MS if (room := loop.room) == 0.0 else holdable_ms(room)):
+                elif budget_ms >= (_HOLDABLE_MS if (room := loop.room) == 0.0 else holdable_ms(room, loop.idle)):
                     scale = self.hold_scale * loop.hold_share
-                    release += hold_ms(budget_ms, self._spec.max_slo_hold_s * 1e3, scale, room) / 1e3
+                    release += hold_ms(budget_ms, self._spec.max_slo_hold_s * 1e3, scale, room, loop.idle) / 1e3
         waiting = _Waiting(inputs, rows, now, deadline_s, release, future)
         self._queue.push(waiting)
         if release <= now and self._dispatch_now():
@@ -476,7 +481,7 @@ class DynamicBatcher:
                 budget_ms = (w.deadline_s - w.enqueued_s) * 1e3
                 if tightest_ms is None or budget_ms < tightest_ms:
                     tightest_ms = budget_ms
-                near = near or near_miss((finished - w.enqueued_s) * 1e3, budget_ms)
+                near = near or near_miss((finished - w.release_s) * 1e3, (w.deadline_s - w.release_s) * 1e3)
         self.limit = aimd_update(self.limit, batch_too_slow(service_s * 1e3, tightest_ms), self._aimd)
         if tightest_ms is not None:
             self.hold_scale = hold_scale_update(self.hold_scale, near)

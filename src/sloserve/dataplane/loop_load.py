@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from sloserve.policy.batching import LOOP_LOAD_WINDOW_S, lag_hold_scale, loop_hold_scale
+from sloserve.policy.batching import LOOP_LOAD_WINDOW_S, lag_hold_scale, loop_hold_scale, loop_idle_scale
 
 LAG_PERIOD_S = 0.002
 """How often :class:`LoopLag` looks while the loop works (a timer each time: ~0.3% of a core)."""
@@ -77,6 +77,8 @@ class LoopLag:
         """:func:`lag_hold_scale` of :attr:`lag_ms`, worked out at each look rather than per request."""
         self.room = 0.0
         """:func:`loop_hold_scale` of :attr:`busy`; none until a window has been measured."""
+        self.idle = 0.0
+        """:func:`loop_idle_scale` of :attr:`busy`; none until a window has been measured."""
 
     def start(self) -> None:
         """Start looking (in the running loop); idempotent."""
@@ -89,7 +91,7 @@ class LoopLag:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.lag_ms = self.stall_ms = self.busy = self.room = 0.0
+        self.lag_ms = self.stall_ms = self.busy = self.room = self.idle = 0.0
         self.hold_share = 1.0
 
     def _schedule(self, delay_s: float) -> None:
@@ -114,6 +116,7 @@ class LoopLag:
         if now - since >= LOOP_LOAD_WINDOW_S:
             self.busy = (cpu - cpu_then) / (now - since)
             self.room = loop_hold_scale(self.busy)
+            self.idle = loop_idle_scale(self.busy)
             self._window = (now, cpu)
         # after a stall, one look a period on even on an idle loop (whose next would come up to IDLE_PERIOD_S
         # later, refusing for as long): once the loop has read what came meanwhile, it clears the stall

@@ -70,6 +70,7 @@ from sloserve.policy.batching import (
     hold_ms,
     hold_scale_update,
     loop_hold_scale,
+    loop_idle_scale,
     near_miss,
 )
 from sloserve.policy.selection import Choice
@@ -351,8 +352,15 @@ class Simulator:
         heappush(pool.edf, (deadline, rid))
         pool.queued_rows += rows
         if self.release and rid not in self.best_effort:
-            room = loop_hold_scale(self._frontend_busy(t))  # the server's lag gate, and its room for tight holds
-            hold = hold_ms(self.deadlines[rid] - t, self.config.max_slo_hold_ms, pool.hold_scale * room, room)
+            busy = self._frontend_busy(t)
+            room = loop_hold_scale(busy)  # the server's lag gate, and its room for tight holds
+            hold = hold_ms(
+                self.deadlines[rid] - t,
+                self.config.max_slo_hold_ms,
+                pool.hold_scale * room,
+                room,
+                loop_idle_scale(busy),
+            )
             self.release[rid] = release = t + hold
             pool.release_at = min(pool.release_at, release)
         pool.routed_rows += rows
@@ -510,9 +518,9 @@ class Simulator:
             too_slow = batch_too_slow(service, budget_ms if budget_ms != math.inf else None)
             p.limit = aimd_update(p.limit, too_slow, p.aimd)
             if budget_ms != math.inf:
-                times, deadlines, best = self.times, self.deadlines, self.best_effort
+                released, deadlines, best = self.release or self.times, self.deadlines, self.best_effort
                 near = any(
-                    near_miss(t - times[rid], deadlines[rid] - times[rid])
+                    near_miss(t - released[rid], deadlines[rid] - released[rid])
                     for rid in batch
                     if not best or rid not in best
                 )

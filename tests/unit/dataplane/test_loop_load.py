@@ -45,18 +45,19 @@ async def test_the_lag_follows_how_long_the_loop_takes_to_come_round() -> None:
 
 async def test_the_busy_share_is_the_loop_threads_cpu_over_each_window_and_gives_the_room() -> None:
     """``busy`` is CPU seconds per second of the loop's thread over each 100 ms window (clocks faked, the
-    timer real); ``room`` follows it (none until a window is measured, and once stopped)."""
+    timer real); ``room`` and ``idle`` follow it (none until a window is measured, and once stopped)."""
     now, cpu = [0.0], [0.0]
     lag = LoopLag(clock=lambda: now[0], period_s=0.001, cpu=lambda: cpu[0])
-    assert lag.room == 0.0
+    assert lag.room == 0.0 and lag.idle == 0.0
     lag.start()
-    for busy, room in ((0.3, 1.0), (1.0, 0.0), (0.95, 0.5)):
-        now[0] += 0.1
-        cpu[0] += 0.1 * busy
+    for busy, room, idle in ((0.3, 1.0, 1.0), (0.4, 1.0, 0.5), (1.0, 0.0, 0.0), (0.95, 0.5, 0.0)):
+        now[0] += 0.125  # past the 100 ms window, exactly in binary
+        cpu[0] += 0.125 * busy
         await asyncio.sleep(0.005)  # a few looks: one closes the window
         assert lag.busy == pytest.approx(busy) and lag.room == pytest.approx(room)
+        assert lag.idle == pytest.approx(idle)
     lag.stop()
-    assert lag.busy == 0.0 and lag.room == 0.0 and lag.hold_share == 1.0
+    assert lag.busy == 0.0 and lag.room == 0.0 and lag.idle == 0.0 and lag.hold_share == 1.0
 
 
 def test_an_idle_loop_is_looked_at_twice_as_late_each_time_and_a_working_one_at_the_period() -> None:

@@ -106,10 +106,23 @@ def test_a_tight_request_is_held_as_the_event_loop_has_room() -> None:
     assert hold_ms(25.0, 2.0, room=1.0) == 2.0  # capped alike
 
 
+def test_a_tight_request_is_held_longer_while_the_event_loop_mostly_idles() -> None:
+    from sloserve.policy.batching import hold_ms, holdable_ms, loop_idle_scale
+
+    assert loop_idle_scale(0.3) == 1.0 and loop_idle_scale(0.45) == 0.0 and loop_idle_scale(0.95) == 0.0
+    assert loop_idle_scale(0.4) == pytest.approx(0.5)
+    assert hold_ms(5.0, 2.0, room=1.0, idle=1.0) == 2.0  # half of what is left beyond a 1 ms reserve
+    assert hold_ms(5.0, 2.0, room=1.0, idle=0.5) == pytest.approx(1.5)  # a 2 ms reserve
+    assert hold_ms(5.0, 2.0, room=1.0, idle=0.0) == 1.0
+    assert hold_ms(25.0, 2.0, room=1.0, idle=1.0) == 2.0  # the cap holds
+    assert holdable_ms(1.0, 1.0) == 2.0 and holdable_ms(1.0) == 4.0
+
+
 def test_the_hold_scale_halves_after_a_near_miss_and_creeps_back() -> None:
     from sloserve.policy.batching import hold_scale_update, near_miss
 
-    assert near_miss(3.1, 5.0) and not near_miss(2.9, 5.0)
+    # judged on the budget left when the hold ended: 5 ms held 1 ms leaves 4, of which 2 may go
+    assert near_miss(2.1, 4.0) and not near_miss(1.9, 4.0)
     scale = hold_scale_update(1.0, True)
     assert scale == 0.5
     for _ in range(10):
