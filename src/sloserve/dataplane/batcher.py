@@ -161,6 +161,12 @@ class LoopShare(Protocol):
         """How much the loop idles, in [0, 1]: tight classes are held longer (:func:`hold_ms`)."""
         ...
 
+    @property
+    def holdable_ms(self) -> float:
+        """:func:`holdable_ms` of :attr:`room` and :attr:`idle`: a request with less budget is not held, and spared
+        working out by how much."""
+        ...
+
 
 BatchObserver = Callable[[int, float], None]
 """Called with (rows, service seconds) for every batch that ran successfully.
@@ -260,9 +266,9 @@ class DynamicBatcher:
                 if loop is None:
                     if budget_ms >= _HOLDABLE_MS:
                         release += hold_ms(budget_ms, self._spec.max_slo_hold_s * 1e3, self.hold_scale) / 1e3
-                elif budget_ms >= (_HOLDABLE_MS if (room := loop.room) == 0.0 else holdable_ms(room, loop.idle)):
+                elif budget_ms >= loop.holdable_ms:
                     scale = self.hold_scale * loop.hold_share
-                    release += hold_ms(budget_ms, self._spec.max_slo_hold_s * 1e3, scale, room, loop.idle) / 1e3
+                    release += hold_ms(budget_ms, self._spec.max_slo_hold_s * 1e3, scale, loop.room, loop.idle) / 1e3
         waiting = _Waiting(inputs, rows, now, deadline_s, release, future)
         self._queue.push(waiting)
         if release <= now and self._dispatch_now():

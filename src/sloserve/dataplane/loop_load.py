@@ -15,7 +15,13 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from sloserve.policy.batching import LOOP_LOAD_WINDOW_S, lag_hold_scale, loop_hold_scale, loop_idle_scale
+from sloserve.policy.batching import (
+    LOOP_LOAD_WINDOW_S,
+    holdable_ms,
+    lag_hold_scale,
+    loop_hold_scale,
+    loop_idle_scale,
+)
 
 LAG_PERIOD_S = 0.002
 """How often :class:`LoopLag` looks while the loop works (a timer each time: ~0.3% of a core)."""
@@ -79,6 +85,8 @@ class LoopLag:
         """:func:`loop_hold_scale` of :attr:`busy`; none until a window has been measured."""
         self.idle = 0.0
         """:func:`loop_idle_scale` of :attr:`busy`; none until a window has been measured."""
+        self.holdable_ms = holdable_ms(0.0)
+        """:func:`holdable_ms` of :attr:`room` and :attr:`idle`, worked out with them rather than per request."""
 
     def start(self) -> None:
         """Start looking (in the running loop); idempotent."""
@@ -93,6 +101,7 @@ class LoopLag:
             self._timer = None
         self.lag_ms = self.stall_ms = self.busy = self.room = self.idle = 0.0
         self.hold_share = 1.0
+        self.holdable_ms = holdable_ms(0.0)
 
     def _schedule(self, delay_s: float) -> None:
         self._due = self._clock() + delay_s
@@ -117,6 +126,7 @@ class LoopLag:
             self.busy = (cpu - cpu_then) / (now - since)
             self.room = loop_hold_scale(self.busy)
             self.idle = loop_idle_scale(self.busy)
+            self.holdable_ms = holdable_ms(self.room, self.idle)
             self._window = (now, cpu)
         # after a stall, one look a period on even on an idle loop (whose next would come up to IDLE_PERIOD_S
         # later, refusing for as long): once the loop has read what came meanwhile, it clears the stall

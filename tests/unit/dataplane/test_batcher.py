@@ -525,6 +525,10 @@ class Loop:
     room: float
     idle: float
 
+    @property
+    def holdable_ms(self) -> float:
+        return holdable_ms(self.room, self.idle)
+
 
 class InlineFake(FakeReplica):
     """A replica that computes on the event loop (like ``InlineReplica``): ``compute`` answers at once."""

@@ -16,6 +16,7 @@ from sloserve.dataplane.loop_load import (
     loop_late_ms,
     next_look_s,
 )
+from sloserve.policy.batching import holdable_ms
 
 
 async def test_the_lag_follows_how_long_the_loop_takes_to_come_round() -> None:
@@ -55,9 +56,10 @@ async def test_the_busy_share_is_the_loop_threads_cpu_over_each_window_and_gives
         cpu[0] += 0.125 * busy
         await asyncio.sleep(0.005)  # a few looks: one closes the window
         assert lag.busy == pytest.approx(busy) and lag.room == pytest.approx(room)
-        assert lag.idle == pytest.approx(idle)
+        assert lag.idle == pytest.approx(idle) and lag.holdable_ms == pytest.approx(holdable_ms(room, idle))
     lag.stop()
     assert lag.busy == 0.0 and lag.room == 0.0 and lag.idle == 0.0 and lag.hold_share == 1.0
+    assert lag.holdable_ms == holdable_ms(0.0)
 
 
 def test_an_idle_loop_is_looked_at_twice_as_late_each_time_and_a_working_one_at_the_period() -> None:
