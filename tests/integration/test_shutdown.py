@@ -35,8 +35,9 @@ def received(server: ServerThread) -> float:
 
 def test_in_flight_requests_finish_and_new_ones_are_refused(tmp_path: Path) -> None:
     onnx_path = tmp_path / "slow.onnx"
-    build_wide_mlp(onnx_path, in_features=64, width=2048, layers=3, out_features=4)
-    # One row per batch, so 24 concurrent requests form a queue that takes a while to drain.
+    build_wide_mlp(onnx_path, in_features=64, width=2048, layers=6, out_features=4)
+    # One row per batch, so 24 concurrent requests form a queue that takes a while to drain. Six layers: with
+    # three, 6 of them were still queued once all had arrived in one full CI run (15-19 on an idle machine).
     ModelRepository(tmp_path / "repo").write_model(
         wide_mlp_config("slow", in_features=64, out_features=4, max_batch_size=1), onnx_path
     )
