@@ -133,7 +133,8 @@ def loop_hold_scale(busy: float) -> float:
 LOOP_BUSY_IDLE = 0.35
 LOOP_BUSY_IDLE_END = 0.45
 """The reserve goes from :data:`IDLE_RESERVE_MS` to :data:`ROOMY_RESERVE_MS` as the event loop goes from 35% of a
-core busy to 45%: at 20% of capacity it runs ~30% busy, at 40% ~50%."""
+core busy to 45%: at 20% of capacity it runs ~30% busy, at 40% ~50% (the server's CPU a query times the rate,
+`benchmarks/paired.py` on `digits`, 2026-11-24: an upper bound of the loop thread's share)."""
 
 
 def loop_idle_scale(busy: float) -> float:
