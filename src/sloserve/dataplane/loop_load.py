@@ -4,7 +4,7 @@ The server is one event loop: what it does per query (parsing, selection, batchi
 answering) queues on it, and as that nears a whole core every query waits longer for
 the loop, in bursts that no variant's queue shows. The batcher holds requests for
 bigger batches only while the loop keeps up (:func:`sloserve.policy.batching.lag_hold_scale`),
-holds tight classes only while it has room (:func:`sloserve.policy.batching.loop_hold_scale`
+holds tight classes only while it has room (:func:`sloserve.policy.batching.loop_room`
 of its busy share), and admission control refuses a query whose latency SLO the loop's lag
 already spends.
 """
@@ -19,8 +19,8 @@ from sloserve.policy.batching import (
     LOOP_LOAD_WINDOW_S,
     holdable_ms,
     lag_hold_scale,
-    loop_hold_scale,
     loop_idle_scale,
+    loop_room,
 )
 
 LAG_PERIOD_S = 0.002
@@ -82,7 +82,7 @@ class LoopLag:
         self.hold_share = 1.0
         """:func:`lag_hold_scale` of :attr:`lag_ms`, worked out at each look rather than per request."""
         self.room = 0.0
-        """:func:`loop_hold_scale` of :attr:`busy`; none until a window has been measured."""
+        """:func:`loop_room` of :attr:`busy`; none until a window has been measured."""
         self.idle = 0.0
         """:func:`loop_idle_scale` of :attr:`busy`; none until a window has been measured."""
         self.holdable_ms = holdable_ms(0.0)
@@ -124,7 +124,7 @@ class LoopLag:
         since, cpu_then = self._window
         if now - since >= LOOP_LOAD_WINDOW_S:
             self.busy = (cpu - cpu_then) / (now - since)
-            self.room = loop_hold_scale(self.busy)
+            self.room = loop_room(self.busy)
             self.idle = loop_idle_scale(self.busy)
             self.holdable_ms = holdable_ms(self.room, self.idle)
             self._window = (now, cpu)

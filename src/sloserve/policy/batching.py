@@ -18,11 +18,11 @@ intercept of its latency model, and the front end's and the worker's handling,
 which the profile does not see) that a batch of one pays whole: at low load,
 holding the requests of a loose class for a millisecond or two makes batches of
 several and costs less CPU per query. A tight class has slack only while the
-serving process's event loop has *room* (:func:`loop_hold_scale` of its busy
+serving process's event loop has *room* (:func:`loop_room` of its busy
 share): its tail under load is what misses, so the reserve and the share of the
 budget a hold may take go from :data:`ROOMY_RESERVE_MS` and :data:`ROOMY_HOLD_FRACTION`
-(a 5 ms class held 1 ms) on a loop at most 90% busy to :data:`HOLD_RESERVE_MS` and
-:data:`SLO_HOLD_FRACTION` (a 5 ms class not held) on one a whole core busy, and the reserve
+(a 5 ms class held 1 ms) on a loop at most 65% busy to :data:`HOLD_RESERVE_MS` and
+:data:`SLO_HOLD_FRACTION` (a 5 ms class not held) on one 75% busy, and the reserve
 shrinks to :data:`IDLE_RESERVE_MS` (a 5 ms class held 2 ms) on a loop that mostly idles
 (:func:`loop_idle_scale`). The scale is AIMD too
 (``hold_scale_update``): it halves after a batch in which a request, once its hold was over,
@@ -58,7 +58,7 @@ HOLD_RESERVE_MS = 5.0
 under load (p99 3-8 ms on 2 cores at 40% of capacity) is there whatever the SLO, so a 5 ms class is not held."""
 ROOMY_RESERVE_MS = 3.0
 ROOMY_HOLD_FRACTION = 0.5
-"""Reserve and share of the budget while the event loop has room (at most 90% busy): a 5 ms class is held
+"""Reserve and share of the budget while the event loop has room (at most 65% busy): a 5 ms class is held
 1 ms. Measured at 20% of capacity (`digits`, half 5 ms, half 25 ms queries): -11% server CPU per query,
 attainment 99.82% against 99.96%; at 40%, where the loop is ~80% busy, the same hold cost 1-2 points."""
 IDLE_RESERVE_MS = 1.0
@@ -86,7 +86,7 @@ MIN_HOLD_MS = 0.5
 
 def hold_ms(budget_ms: float, max_hold_ms: float, scale: float = 1.0, room: float = 0.0, idle: float = 0.0) -> float:
     """How long a request with ``budget_ms`` of latency SLO may be held for others to join its batch, while the
-    event loop has ``room`` in [0, 1] (:func:`loop_hold_scale`) and idles ``idle`` in [0, 1]
+    event loop has ``room`` in [0, 1] (:func:`loop_room`) and idles ``idle`` in [0, 1]
     (:func:`loop_idle_scale`)."""
     reserve, fraction = _reserve_and_fraction(room, idle)
     hold = scale * min(max_hold_ms, fraction * (budget_ms - reserve))
@@ -111,23 +111,36 @@ LOOP_LOAD_WINDOW_S = 0.1
 """The window over which the event loop's busy share is measured."""
 LOOP_BUSY_FULL_HOLD = 0.9
 LOOP_BUSY_NO_HOLD = 1.0
-"""Holds shrink from whole to none as the serving process's event loop goes from 90% of a core busy to a whole
-core: there nothing is left of the loop for the slack a hold would spend (the lag gate, ``lag_hold_scale``,
-closes them earlier if the loop runs behind). The gate was first half a core to two-thirds: at 40% of
-`digits`' capacity (6,900 queries/s, model-less, the 2-core VM) the loop runs 0.62 / 0.65 / 0.67 busy (p10 /
-p50 / p90 of 100 ms windows), so it shut the tight holds there and each tight query dispatched its batch alone
-(6 rows a batch). From 0.65 to 0.8 (`benchmarks/paired.py`, 8 reps each): -8.8 µs of server CPU a query at 40%
-of `digits` (8 of 8 reps cheaper; 99.88% within SLO against 100.00%) and -11.4 µs at 40% of `digits_wide` (8 of
-8; 99.91% against 99.93%). From 0.8 to 1.0 (0.9 to 1.0 at 80%): at 60% of `digits` (14,500 queries/s), 17.9
-against 10.6 rows a batch and -2.3 / -2.6 µs a query in two runs (cheaper in 15 of 16 reps), 98.48 / 98.78%
-against 98.99 / 98.55% (p50 2.1 against 1.3 ms); at 80% (19,500) -1.2 µs, 96.57% against 84.83% (two of six
-reps before collapsed, none after)."""
+"""The simulator has no event loop to run behind, so it gates every hold by its front end's busy share where the
+server uses the lag (:func:`lag_hold_scale`): holds shrink from whole to none as the front end goes from 90% of a
+core busy to a whole core, where nothing is left of it for the slack a hold would spend."""
 
 
 def loop_hold_scale(busy: float) -> float:
-    """The room the event loop has when it is ``busy`` (CPU s per s), in [0, 1]: the server's and the
-    simulator's gate of holds for tight classes (:func:`hold_ms`), and the simulator's of every hold."""
+    """The share of their hold the simulator's requests get while its front end is ``busy`` (CPU s per s), in
+    [0, 1]."""
     return min(1.0, max(0.0, (LOOP_BUSY_NO_HOLD - busy) / (LOOP_BUSY_NO_HOLD - LOOP_BUSY_FULL_HOLD)))
+
+
+LOOP_BUSY_ROOMY = 0.65
+LOOP_BUSY_CROWDED = 0.75
+"""The room for holding tight classes goes from whole to none as the serving process's event loop goes from 65%
+of a core busy to 75%; a 5 ms class is held (0.5 ms or more) up to ~69%. At 40% of capacity the loop runs ~50%
+busy, at 60% ~75% (the server's CPU a query times the rate, an upper bound of the loop thread's share; in a slow
+hour, 40% has run 62-67% busy). Past ~50% of capacity a hold buys nothing: batches that are not held already
+have ~10 rows (the loop's turns gather them), and doubling them saved no measurable CPU, while the millisecond
+it took of a 5 ms budget is what a stall of the loop then pushed over. At 60% of `digits`' capacity (14,000
+queries/s; `benchmarks/paired.py`, 8 reps, no tight holds against the gate at 90-100% busy it replaced): 99.58%
+within SLO (lowest rep 99.39%) against 98.97% (lowest 95.95%), 10.0 against 18.6 rows a batch, +1.3 µs of
+server CPU a query; at 40% (9,500) nothing changed (15.9 against 16.2 rows, 99.75 / 99.66%); at 80% (19,000)
+91.75% against 83.97%, both with collapsed reps. The gate was at 65-80% before 90-100%: at 40% (6,900
+queries/s then) the loop ran 62-67% busy, and moving it up saved 8.8 µs a query there."""
+
+
+def loop_room(busy: float) -> float:
+    """The room the event loop has for holding tight classes when it is ``busy`` (CPU s per s), in [0, 1]
+    (:func:`hold_ms`)."""
+    return min(1.0, max(0.0, (LOOP_BUSY_CROWDED - busy) / (LOOP_BUSY_CROWDED - LOOP_BUSY_ROOMY)))
 
 
 LOOP_BUSY_IDLE = 0.35

@@ -71,6 +71,7 @@ from sloserve.policy.batching import (
     hold_scale_update,
     loop_hold_scale,
     loop_idle_scale,
+    loop_room,
     near_miss,
 )
 from sloserve.policy.selection import Choice
@@ -353,12 +354,11 @@ class Simulator:
         pool.queued_rows += rows
         if self.release and rid not in self.best_effort:
             busy = self._frontend_busy(t)
-            room = loop_hold_scale(busy)  # the server's lag gate, and its room for tight holds
             hold = hold_ms(
                 self.deadlines[rid] - t,
                 self.config.max_slo_hold_ms,
-                pool.hold_scale * room,
-                room,
+                pool.hold_scale * loop_hold_scale(busy),  # the server's lag gate
+                loop_room(busy),
                 loop_idle_scale(busy),
             )
             self.release[rid] = release = t + hold

@@ -51,7 +51,7 @@ async def test_the_busy_share_is_the_loop_threads_cpu_over_each_window_and_gives
     lag = LoopLag(clock=lambda: now[0], period_s=0.001, cpu=lambda: cpu[0])
     assert lag.room == 0.0 and lag.idle == 0.0
     lag.start()
-    for busy, room, idle in ((0.3, 1.0, 1.0), (0.4, 1.0, 0.5), (1.0, 0.0, 0.0), (0.95, 0.5, 0.0)):
+    for busy, room, idle in ((0.3, 1.0, 1.0), (0.4, 1.0, 0.5), (1.0, 0.0, 0.0), (0.7, 0.5, 0.0), (0.6, 1.0, 0.0)):
         now[0] += 0.125  # past the 100 ms window, exactly in binary
         cpu[0] += 0.125 * busy
         await asyncio.sleep(0.005)  # a few looks: one closes the window

@@ -96,9 +96,9 @@ def test_a_request_is_held_a_fifth_of_its_slo_beyond_the_reserve_up_to_the_cap()
 
 
 def test_a_tight_request_is_held_as_the_event_loop_has_room() -> None:
-    from sloserve.policy.batching import hold_ms, loop_hold_scale
+    from sloserve.policy.batching import hold_ms, loop_room
 
-    assert loop_hold_scale(0.9) == 1.0 and loop_hold_scale(1.0) == 0.0
+    assert loop_room(0.65) == 1.0 and loop_room(0.7) == pytest.approx(0.5) and loop_room(0.75) == 0.0
     assert hold_ms(5.0, 2.0, room=1.0) == 1.0  # half of what is left beyond a 3 ms reserve
     assert hold_ms(5.0, 2.0, room=0.8) == pytest.approx(0.44 * (5.0 - 3.4))  # reserve and share in between
     assert hold_ms(5.0, 2.0, room=0.6) == 0.0  # 0.46 ms: under the event loop's timer resolution
@@ -131,6 +131,19 @@ def test_the_hold_scale_halves_after_a_near_miss_and_creeps_back() -> None:
     for _ in range(100):
         scale = hold_scale_update(scale, False)
     assert scale == 1.0
+
+
+@given(st.floats(0.0, 4.0))
+def test_the_room_for_tight_holds_shrinks_as_the_event_loop_gets_busy(busy: float) -> None:
+    from sloserve.policy.batching import LOOP_BUSY_CROWDED, LOOP_BUSY_ROOMY, hold_ms, loop_room
+
+    room = loop_room(busy)
+    assert room == 1.0 if busy <= LOOP_BUSY_ROOMY else room < 1.0
+    assert room == 0.0 if busy >= LOOP_BUSY_CROWDED else room > 0.0
+    assert loop_room(busy + 0.01) <= room
+    assert hold_ms(5.0, 2.0, room=loop_room(busy + 0.01)) <= hold_ms(5.0, 2.0, room=room)
+    if busy >= 0.7:  # the loop at ~60% of capacity: a 5 ms class is not held
+        assert hold_ms(5.0, 2.0, room=room) == 0.0
 
 
 @given(st.floats(0.0, 4.0))
