@@ -1,7 +1,7 @@
 """The request path's own CPU per query, in process: for changes of a microsecond or two.
 
     python benchmarks/requestpath.py [--model digits] [--workdir DIR] [--wave 16] [--rounds 1500] [--reps 9]
-                                     [--against SRC] [--tight-ms 5]
+                                     [--against SRC] [--tight-ms 5] [--pinned-slo]
 
 Served benchmarks (`paired.py`) see the front end's cost through sockets, the load generator and the VM's
 drift: differences under ~3 µs a query drown there. This runs a `Server` (the composition `sloserve serve`
@@ -94,6 +94,10 @@ def run_here(args: argparse.Namespace) -> dict[str, Any]:
         "model-less": [(f"/v2/models/{args.model}/infer", body(slos[i % 2], i)) for i in range(args.wave)],
         "fp32 pinned": [(f"/v2/models/{args.model}/versions/fp32/infer", body({}, i)) for i in range(args.wave)],
     }
+    if args.pinned_slo:  # the SLO's own handling (admission, deadline, holds, drops), without selection
+        bodies["pinned + SLO"] = [
+            (f"/v2/models/{args.model}/versions/fp32/infer", body(slos[i % 2], i)) for i in range(args.wave)
+        ]
     return uvloop.run(measure(repo, home, args.model, bodies, args))
 
 
@@ -118,6 +122,9 @@ def summary(label: str, result: dict[str, Any]) -> None:
         print(f"{label}{name:12s} median {statistics.median(values):5.1f} µs/query, lowest {min(values):5.1f}{note}")
     diffs = [a - b for a, b in zip(us["model-less"], us["fp32 pinned"], strict=True)]
     print(f"{label}model-less - pinned: median {statistics.median(diffs):+.2f} µs/query over {len(diffs)} reps")
+    if "pinned + SLO" in us:
+        diffs = [a - b for a, b in zip(us["pinned + SLO"], us["fp32 pinned"], strict=True)]
+        print(f"{label}pinned + SLO - pinned: median {statistics.median(diffs):+.2f} µs/query")
 
 
 def main() -> None:
@@ -129,6 +136,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--tight-ms", type=float, default=5.0, help="the tight class's latency SLO (loose: 5x)")
     parser.add_argument("--against", default=None, help="another source tree (its src/) to measure the same way")
+    parser.add_argument(
+        "--pinned-slo", action="store_true", help="also fp32 pinned with the SLO parameters: the SLO's cost apart"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
