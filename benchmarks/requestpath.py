@@ -1,7 +1,7 @@
 """The request path's own CPU per query, in process: for changes of a microsecond or two.
 
     python benchmarks/requestpath.py [--model digits] [--workdir DIR] [--wave 16] [--rounds 1500] [--reps 9]
-                                     [--against SRC] [--tight-ms 5] [--pinned-slo]
+                                     [--against SRC] [--tight-ms 5] [--pinned-slo] [--running V,V]
 
 Served benchmarks (`paired.py`) see the front end's cost through sockets, the load generator and the VM's
 drift: differences under ~3 µs a query drown there. This runs a `Server` (the composition `sloserve serve`
@@ -59,6 +59,13 @@ async def measure(repo: Path, home: Path, model: str, bodies: dict[str, list[tup
             failed[name] += 1
 
     try:
+        for version in args.running:  # started by one pinned query each, as slo.py's rotation leaves them
+            _, body = bodies["fp32 pinned"][0]
+            started = await app(
+                HttpRequest("POST", f"/v2/models/{model}/versions/{version}/infer", headers, body, time.monotonic())
+            )
+            if started.status != 200:
+                raise SystemExit(f"could not start {version}: {started.status} {started.body[:300]!r}")
         for _ in range(args.reps):
             for name, wave in bodies.items():  # alternating: drift hits both paths alike
                 for _ in range(100):  # warm: caches, the chooser's kept choices, the batcher's AIMD
@@ -138,6 +145,12 @@ def main() -> None:
     parser.add_argument("--against", default=None, help="another source tree (its src/) to measure the same way")
     parser.add_argument(
         "--pinned-slo", action="store_true", help="also fp32 pinned with the SLO parameters: the SLO's cost apart"
+    )
+    parser.add_argument(
+        "--running",
+        type=lambda text: [v for v in text.split(",") if v],
+        default=[],
+        help="versions to start first (e.g. int8-static,fp16), as slo.py's fixed configurations leave them",
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

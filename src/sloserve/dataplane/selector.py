@@ -320,12 +320,17 @@ class VariantChooser:
 
         This is the request path's common case, so it does the least it can: one dict lookup by the SLO's
         identity (the data plane's :class:`~sloserve.dataplane.slo.RequestSlos` hands out one object per
-        parameter set), and, for the usual one variant on the event loop, one comparison of its queue's rows
-        with the most it can hold for the query to fit, worked out when the choice was made."""
+        parameter set), and, for a variant on the event loop while the other variants there have nothing
+        queued (the usual one alone, or beside variants that pinned queries left running), one comparison of
+        its queue's rows with the most it can hold for the query to fit, worked out when the choice was made."""
         entry = self._kept.get((id(slo), rows))
         if entry is None or now >= entry.until or entry.live is not live or entry.slo is not slo:
             return None
         queue = entry.queue
+        for other in entry.neighbours:
+            if other.rows:  # another variant on the event loop has work queued: predicted in full
+                queue = None
+                break
         if queue is not None:
             if queue.rows > entry.max_queued:
                 return None
@@ -364,15 +369,16 @@ class VariantChooser:
                 self._kept.clear()
         frozen: _Frozen | None = None
         own, queue, max_queued = 0, None, -1
+        neighbours: tuple[QueuedRows, ...] = ()
         if live[version].inline:
             inline = self._frozen(live, version)
             if inline is None:
                 return
             frozen, own = inline
-            if len(frozen) == 1:  # the one variant on the event loop: its queue's rows decide
-                queue, max_queued = frozen[0][0], _max_queued(frozen[0], rows, bound)
+            queue, max_queued = frozen[own][0], _max_queued(frozen[own], rows, bound)
+            neighbours = tuple(other[0] for i, other in enumerate(frozen) if i != own)
         self._kept[key] = _Kept(
-            now + RESELECT_S, live, slo, rows, bound, version, cheaper, frozen, own, queue, max_queued
+            now + RESELECT_S, live, slo, rows, bound, version, cheaper, frozen, own, queue, max_queued, neighbours
         )
 
     def _impossible(self, slo: Slo, rows: int) -> str | None:
@@ -423,7 +429,9 @@ class VariantChooser:
             return _predict_ms(intercept, per_row, live[entry.version], rows, self._max_batch, 0.0)[0]
         loop_ms = 0.0
         for queue, correction, limit, replicas, intercept, per_row in frozen:
-            loop_ms += _ahead_ms(queue.rows, correction, limit, replicas, intercept, per_row)
+            queued = queue.rows
+            if queued:  # an idle neighbour adds 0.0, as in choose(): spared the call
+                loop_ms += _ahead_ms(queued, correction, limit, replicas, intercept, per_row)
         queue, correction, limit, _, intercept, per_row = frozen[entry.own]
         return loop_ms + correction * (intercept + per_row * max(rows, min(limit, queue.rows + rows))) + 0.0
 
@@ -505,9 +513,13 @@ class _Kept:
     own: int
     """Where the variant is in ``frozen``."""
     queue: QueuedRows | None
-    """When the variant is the only one on the event loop, its queue, whose rows alone decide the check ..."""
+    """For a variant on the event loop, its queue, whose rows alone decide the check while ``neighbours`` are
+    empty ..."""
     max_queued: int
     """... by being at most this (-1: never)."""
+    neighbours: tuple[QueuedRows, ...]
+    """The queues of the other variants on the event loop (left running by pinned queries, or the autoscaler's):
+    while each is empty, it adds exactly 0.0 to the prediction."""
     served: int = 0
     """Queries served by it since counts were last taken."""
 

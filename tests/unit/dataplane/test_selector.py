@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -263,8 +264,8 @@ def test_the_kept_check_of_an_inline_variant_decides_as_the_policy(
     """An inline variant is kept with the corrections and batch limits of the inline variants as they were;
     the queues it waits for (its own, and, unless it is ``alone``, another variant's on the same event loop,
     not accurate enough to serve the query) are read per query, and with the rest unchanged the kept choice
-    serves a query exactly when the policy would serve it there, right up to the edge (alone, by the most rows
-    its queue may hold, worked out once)."""
+    serves a query exactly when the policy would serve it there, right up to the edge (alone, or beside an
+    empty queue, by the most rows its own queue may hold, worked out once)."""
     profiles = {
         VersionId("fp32"): profile(0.5, 0.01, 0.97, 0.01, 2.0),
         VersionId("pruned"): profile(0.3, 0.005, 0.90, 0.005, 2.0),
@@ -307,6 +308,39 @@ def test_the_kept_check_of_an_inline_variant_decides_as_the_policy(
         assert chooser.kept(live, slo, rows, 1.0 + RESELECT_S / 2) == "fp32"
         state.queued_rows = high
         assert chooser.kept(live, slo, rows, 1.0 + RESELECT_S / 2) is None
+
+
+def test_a_kept_inline_choice_beside_idle_variants_is_checked_by_its_own_queue_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Variants that pinned queries left running on the event loop cost a kept choice nothing while their queues
+    are empty (each would add 0.0 to the prediction); once one has rows queued, the prediction is made in full."""
+    profiles = {
+        VersionId("fp32"): profile(0.5, 0.01, 0.97, 0.01, 2.0),
+        VersionId("pruned"): profile(0.3, 0.005, 0.90, 0.005, 2.0),
+        VersionId("int8"): profile(0.3, 0.005, 0.91, 0.005, 2.0),
+    }
+    states = {
+        v: Live(queued_rows=0, busy=0, replica_count=1, batch_limit=32, correction=1.0, running_ms=0.0)
+        for v in profiles
+    }
+    for state in states.values():
+        state.inline = True
+    live: dict[VersionId, LiveState] = dict(states)
+    slo = Slo(latency_ms=5.0, min_accuracy=0.95)
+    chooser = VariantChooser(profiles, 64)
+    assert chooser.choose(live, slo, 1, now=1.0)[0] == "fp32"
+    full: list[int] = []
+    predict = chooser._predict_kept
+
+    def counted(*args: Any) -> float:
+        full.append(1)
+        return predict(*args)
+
+    monkeypatch.setattr(chooser, "_predict_kept", counted)
+    assert chooser.kept(live, slo, 1, 1.001) == "fp32" and not full
+    states[VersionId("int8")].queued_rows = 3
+    assert chooser.kept(live, slo, 1, 1.002) == "fp32" and full == [1]
 
 
 def test_an_impossible_slo_is_refused_alike_every_time_and_served_when_best_effort() -> None:
