@@ -172,6 +172,13 @@ def main() -> None:
         help="stop each server (SIGSTOP) this long halfway through each measured run: a VM's hiccup, on cue",
     )
     parser.add_argument(
+        "--stall-every-ms",
+        type=float,
+        default=0.0,
+        help="with --stall-ms: stop the server at random moments this far apart on average (seeded, the same for A "
+        "and B), warm-up included, instead of once: a noisy hour, on cue",
+    )
+    parser.add_argument(
         "--no-swap", dest="swap", action="store_false", help="keep A started first for every rep (no second half)"
     )
     args = parser.parse_args()
@@ -195,6 +202,7 @@ def main() -> None:
             send_slo=chosen == "modelless" or chosen.endswith("+slo"),
             classes=[c.__dict__ for c in classes],
             stall_ms=args.stall_ms,
+            stall_every_ms=args.stall_every_ms,
         )
         for name, chosen in (("A", args.path), ("B", args.b_path or args.path))
     }
@@ -202,6 +210,8 @@ def main() -> None:
     by_place: dict[int, list[float]] = {1: [], 2: []}
     paths = loads["A"]["path"] if loads["A"] == loads["B"] else f"A {loads['A']['path']}, B {loads['B']['path']}"
     stalled = f", stopped {args.stall_ms:g} ms halfway" if args.stall_ms else ""
+    if args.stall_ms and args.stall_every_ms:
+        stalled = f", stopped {args.stall_ms:g} ms every {args.stall_every_ms:g} ms on average"
     table = Table(title=f"{args.model}, {paths}, {args.rate:,.0f} queries/s, {args.seconds:g} s per run{stalled}")
     columns = ("rep", "server (started)", "server µs/query", "attainment", "p50 ms", "p99 ms", "late/429/504/other")
     for column in (*columns, "rows/batch", "host stops", "generator busy", "served by (of all sent)"):

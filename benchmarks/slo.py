@@ -93,11 +93,14 @@ async def _open_loop(
     warmup: float = 0.0,
     cpu_pid: int | None = None,
     stall_ms: float = 0.0,
+    stall_every_ms: float = 0.0,
 ) -> tuple[list[tuple[int, int, float, str]], dict[str, list[str]], list[dict[int, float]], float]:
     """Poisson arrivals at ``rate`` for ``warmup`` + ``seconds``; the results of the queries scheduled in the
     last ``seconds``, and (with ``cpu_pid``) :func:`cpu_by_process` readings when those begin and once every
     answer is in. With ``stall_ms`` and ``cpu_pid``, that process is stopped (SIGSTOP) for ``stall_ms`` halfway
-    through the measured seconds while queries keep coming: the VM's hiccups, on cue. The warm-up runs on the same connections: a measurement that opened its own would begin
+    through the measured seconds while queries keep coming: the VM's hiccups, on cue; with ``stall_every_ms``
+    too, at seeded random moments that far apart on average (exponential gaps), through the warm-up and the
+    measured seconds: a noisy hour, on cue. The warm-up runs on the same connections: a measurement that opened its own would begin
     with all of them connecting at once, a burst the server then works off at the measured rate (near the
     knee that took seconds in some runs, and decided them)."""
     rng = np.random.default_rng(seed)
@@ -167,12 +170,18 @@ async def _open_loop(
     async def stall() -> None:
         if not stall_ms or cpu_pid is None:
             return
-        await asyncio.sleep(max(0.0, start + warmup + seconds / 2 - time.perf_counter()))
-        os.kill(cpu_pid, signal.SIGSTOP)
-        try:
-            await asyncio.sleep(stall_ms / 1e3)
-        finally:
-            os.kill(cpu_pid, signal.SIGCONT)
+        if stall_every_ms:
+            gaps = np.random.default_rng(seed + 1).exponential(stall_every_ms / 1e3, n + 1)
+            moments = [start + t for t in np.cumsum(gaps) if t < warmup + seconds]
+        else:
+            moments = [start + warmup + seconds / 2]
+        for moment in moments:
+            await asyncio.sleep(max(0.0, moment - time.perf_counter()))
+            os.kill(cpu_pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(stall_ms / 1e3)
+            finally:
+                os.kill(cpu_pid, signal.SIGCONT)
 
     await asyncio.gather(read_cpu(), stall(), *(connection() for _ in range(connections)))
     cpu.append(cpu_by_process(cpu_pid) if cpu_pid is not None else {})
@@ -236,6 +245,7 @@ def _generator_main(raw: str, out_path: str) -> None:
                 args.get("warmup", 0.0),
                 args.get("cpu_pid"),
                 args.get("stall_ms", 0.0),
+                args.get("stall_every_ms", 0.0),
             )
         )
         cpu_pairs = [[[pid, seconds] for pid, seconds in reading.items()] for reading in cpu]

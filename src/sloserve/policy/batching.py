@@ -171,10 +171,10 @@ def lag_hold_scale(lag_ms: float) -> float:
     return min(1.0, max(0.0, (LAG_NO_HOLD_MS - lag_ms) / (LAG_NO_HOLD_MS - LAG_FULL_HOLD_MS)))
 
 
-def near_miss(elapsed_ms: float, budget_ms: float) -> bool:
-    """Whether a request answered ``elapsed_ms`` after its hold ended came near the ``budget_ms`` it had left
-    then."""
-    return elapsed_ms > NEAR_MISS_SHARE * budget_ms
+def near_miss_after(released: float, deadline: float) -> float:
+    """The moment after which an answer to a request whose hold ended at ``released`` came near its ``deadline``
+    (any one unit of time): the batcher works it out once, at arrival."""
+    return released + NEAR_MISS_SHARE * (deadline - released)
 
 
 def hold_scale_update(scale: float, any_near_miss: bool) -> float:

@@ -72,7 +72,7 @@ from sloserve.policy.batching import (
     loop_hold_scale,
     loop_idle_scale,
     loop_room,
-    near_miss,
+    near_miss_after,
 )
 from sloserve.policy.selection import Choice
 from sloserve.sim.config import SimConfig
@@ -520,9 +520,7 @@ class Simulator:
             if budget_ms != math.inf:
                 released, deadlines, best = self.release or self.times, self.deadlines, self.best_effort
                 near = any(
-                    near_miss(t - released[rid], deadlines[rid] - released[rid])
-                    for rid in batch
-                    if not best or rid not in best
+                    t > near_miss_after(released[rid], deadlines[rid]) for rid in batch if not best or rid not in best
                 )
                 p.hold_scale = hold_scale_update(p.hold_scale, near)
             predicted = max(p.base.predict_ms(rows), _MIN_SERVICE_MS)

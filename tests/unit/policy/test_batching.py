@@ -119,10 +119,10 @@ def test_a_tight_request_is_held_longer_while_the_event_loop_mostly_idles() -> N
 
 
 def test_the_hold_scale_halves_after_a_near_miss_and_creeps_back() -> None:
-    from sloserve.policy.batching import hold_scale_update, near_miss
+    from sloserve.policy.batching import hold_scale_update, near_miss_after
 
     # judged on the budget left when the hold ended: 5 ms held 1 ms leaves 4, of which 2 may go
-    assert near_miss(2.1, 4.0) and not near_miss(1.9, 4.0)
+    assert near_miss_after(1.0, 5.0) == 3.0
     scale = hold_scale_update(1.0, True)
     assert scale == 0.5
     for _ in range(10):
