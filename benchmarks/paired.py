@@ -3,7 +3,7 @@
     python benchmarks/paired.py --rate 5900 [--model digits] [--workdir DIR] [--reps 8] [--seconds 3]
                                 [--path modelless|VERSION] [--b-path VERSION] [--a-env JSON] [--b-env JSON]
                                 [--a-config JSON] [--b-config JSON] [--a-running V,V] [--b-running V,V]
-                                [--tight-ms 5] [--stall-ms 0]
+                                [--tight-ms 5] [--stall-ms 0 [--stall-every-ms 0]]
 
 On the 2-core machine the same configuration measures 150-235 µs of server CPU per query in
 consecutive 5 s runs, and whole phases run 40% slower than an hour before: a difference of 5-10%
@@ -24,7 +24,7 @@ ports); the summary pools both halves and prints the attainment by place, which 
 (`--no-swap`: one half, A started first).
 
 It prints each rep's server CPU per query (the front end's own process), attainment, p50 and p99, the
-misses (answered late, refused with 429, dropped with 504, other), the host's stops of the server over
+misses (answered late, with how many of those the server itself judged late in brackets, refused with 429, dropped with 504, other), the host's stops of the server over
 the run and its warm-up (`sloserve_event_loop_stalls_total`: how many, and how long in all), the rows per
 batch it ran over the same time (`sloserve_inference_count_total` / `sloserve_execution_count_total`), how busy
 the load generator was (its CPU over the measured seconds), then the means and the paired A - B differences: their
@@ -127,7 +127,7 @@ def measure(
         "attainment": met / sent,
         "p50_ms": latencies[len(latencies) // 2],
         "p99_ms": latencies[int(len(latencies) * 0.99)],
-        "misses": f"{late} / {refused} / {dropped} / {sent - met - late - refused - dropped}",
+        "misses": f"{late} ({measured.get('seen_late', 0)}) / {refused} / {dropped} / {sent - met - late - refused - dropped}",
         "stalls": stalls_s,
         "rows_per_batch": rows_per_batch,
         "generator_busy": measured.get("generator_busy", 0.0),
@@ -213,7 +213,15 @@ def main() -> None:
     if args.stall_ms and args.stall_every_ms:
         stalled = f", stopped {args.stall_ms:g} ms every {args.stall_every_ms:g} ms on average"
     table = Table(title=f"{args.model}, {paths}, {args.rate:,.0f} queries/s, {args.seconds:g} s per run{stalled}")
-    columns = ("rep", "server (started)", "server µs/query", "attainment", "p50 ms", "p99 ms", "late/429/504/other")
+    columns = (
+        "rep",
+        "server (started)",
+        "server µs/query",
+        "attainment",
+        "p50 ms",
+        "p99 ms",
+        "late (server saw)/429/504/other",
+    )
     for column in (*columns, "rows/batch", "host stops", "generator busy", "served by (of all sent)"):
         table.add_column(column, justify="right")
     halves = ("AB", "BA") if args.swap and args.reps >= 2 else ("AB",)

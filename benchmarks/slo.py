@@ -94,10 +94,11 @@ async def _open_loop(
     cpu_pid: int | None = None,
     stall_ms: float = 0.0,
     stall_every_ms: float = 0.0,
-) -> tuple[list[tuple[int, int, float, str]], dict[str, list[str]], list[dict[int, float]], float]:
+) -> tuple[list[tuple[int, int, float, str]], dict[str, list[str]], list[dict[int, float]], float, int]:
     """Poisson arrivals at ``rate`` for ``warmup`` + ``seconds``; the results of the queries scheduled in the
     last ``seconds``, and (with ``cpu_pid``) :func:`cpu_by_process` readings when those begin and once every
-    answer is in. With ``stall_ms`` and ``cpu_pid``, that process is stopped (SIGSTOP) for ``stall_ms`` halfway
+    answer is in, and how many of the measured answers the server itself judged late (``"slo_met": false``):
+    what of the lateness it can see. With ``stall_ms`` and ``cpu_pid``, that process is stopped (SIGSTOP) for ``stall_ms`` halfway
     through the measured seconds while queries keep coming: the VM's hiccups, on cue; with ``stall_every_ms``
     too, at seeded random moments that far apart on average (exponential gaps), through the warm-up and the
     measured seconds: a noisy hour, on cue. The warm-up runs on the same connections: a measurement that opened its own would begin
@@ -123,6 +124,7 @@ async def _open_loop(
         bodies.append(per_row)
     results: list[tuple[int, int, float, str]] = []
     errors: dict[str, list[str]] = {}
+    seen_late = 0
     # time.perf_counter, not loop.time(): uvloop's is the millisecond at which the current turn of the
     # loop began, which reads an answer up to a millisecond early
     start = time.perf_counter() + 0.05
@@ -132,7 +134,7 @@ async def _open_loop(
         """Take the next query in schedule order, wait for its time, send it; latency counts from the
         scheduled time (or the send, if the timer fired early), so a query that waited for a free
         connection is late, as in any open loop."""
-        nonlocal next_index
+        nonlocal next_index, seen_late
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         while next_index < n:
             i = next_index
@@ -152,6 +154,7 @@ async def _open_loop(
                 if counted:
                     ms = (time.perf_counter() - since) * 1e3
                     results.append((int(which[i]), status, ms, _version(body, status)))
+                    seen_late += status == 200 and b'"slo_met":false' in body
                 if counted and status != 200 and len(samples := errors.setdefault(str(status), [])) < 3:
                     samples.append(body.decode(errors="replace")[:300])
             except Exception:
@@ -186,7 +189,7 @@ async def _open_loop(
     await asyncio.gather(read_cpu(), stall(), *(connection() for _ in range(connections)))
     cpu.append(cpu_by_process(cpu_pid) if cpu_pid is not None else {})
     busy = (time.process_time() - own[0]) / max(time.perf_counter() - own[1], 1e-9) if own else 0.0
-    return results, errors, cpu, busy
+    return results, errors, cpu, busy, seen_late
 
 
 _VERSION = re.compile(rb'"model_version":\s*"([^"]*)"')
@@ -231,7 +234,7 @@ def _generator_main(raw: str, out_path: str) -> None:
         closed = _closed_loop(args["port"], args["path"], args["row"], args["seconds"], args["connections"])
         result: Any = asyncio.run(closed)
     else:
-        results, errors, cpu, busy = asyncio.run(
+        results, errors, cpu, busy, seen_late = asyncio.run(
             _open_loop(
                 args["port"],
                 args["path"],
@@ -249,7 +252,13 @@ def _generator_main(raw: str, out_path: str) -> None:
             )
         )
         cpu_pairs = [[[pid, seconds] for pid, seconds in reading.items()] for reading in cpu]
-        result = {"results": results, "errors": errors, "cpu": cpu_pairs, "generator_busy": busy}
+        result = {
+            "results": results,
+            "errors": errors,
+            "cpu": cpu_pairs,
+            "generator_busy": busy,
+            "seen_late": seen_late,
+        }
     # a file, not stdout: the event loop may leave stdout non-blocking, and a large write would be cut short
     Path(out_path).write_text(json.dumps(result))
 
