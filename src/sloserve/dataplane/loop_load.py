@@ -34,6 +34,11 @@ used 18-30 ms of CPU a second."""
 LAG_EWMA = 0.3
 """The weight of a new look :data:`LAG_PERIOD_S` after the last in :attr:`LoopLag.lag_ms` (more after a longer
 gap: the average follows time, not looks; it follows a change within ~10 ms)."""
+LOOP_BUSY_SATURATED = 0.95
+"""From this share of a core busy the loop is saturated: requests queue for it, outside any variant's queue
+(with a client's connections all in use, in the client, where the server cannot see them at all), and
+:attr:`LoopLag.backlog_ms` counts. Below, the loop's CPU per request also holds its timers and idle wake-ups,
+and the requests in flight are mostly waiting out their holds, not for the loop."""
 TIMER_SLACK_MS = 1.0
 """How late a timer may fire on an idle loop (uvloop's timers count whole milliseconds): not lag."""
 
@@ -87,6 +92,16 @@ class LoopLag:
         """:func:`loop_idle_scale` of :attr:`busy`; none until a window has been measured."""
         self.holdable_ms = holdable_ms(0.0)
         """:func:`holdable_ms` of :attr:`room` and :attr:`idle`, worked out with them rather than per request."""
+        self.in_flight = 0
+        """Requests the data plane has taken in and not yet answered (it counts them)."""
+        self.taken = 0
+        """Requests the data plane has taken in (served, failed or refused by the loop's check), since this was
+        made (it counts them)."""
+        self.ms_per_request = 0.0
+        """The loop thread's CPU ms per request taken in over the last window while it was saturated
+        (:data:`LOOP_BUSY_SATURATED`), else 0: times :attr:`in_flight`, the loop's work ahead of a request read
+        now (:attr:`backlog_ms`)."""
+        self._taken_then = 0
 
     def start(self) -> None:
         """Start looking (in the running loop); idempotent."""
@@ -99,9 +114,16 @@ class LoopLag:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.lag_ms = self.stall_ms = self.busy = self.room = self.idle = 0.0
+        self.lag_ms = self.stall_ms = self.busy = self.room = self.idle = self.ms_per_request = 0.0
         self.hold_share = 1.0
         self.holdable_ms = holdable_ms(0.0)
+
+    @property
+    def backlog_ms(self) -> float:
+        """The loop's work ahead of a request read now while it is saturated: the requests in flight times its
+        CPU per request, which on a loop busy every ms is the time they take to be answered (Little's law).
+        0 below :data:`LOOP_BUSY_SATURATED`."""
+        return self.in_flight * self.ms_per_request
 
     def _schedule(self, delay_s: float) -> None:
         self._due = self._clock() + delay_s
@@ -127,6 +149,9 @@ class LoopLag:
             self.room = loop_room(self.busy)
             self.idle = loop_idle_scale(self.busy)
             self.holdable_ms = holdable_ms(self.room, self.idle)
+            taken, self._taken_then = self.taken - self._taken_then, self.taken
+            saturated = self.busy >= LOOP_BUSY_SATURATED and taken
+            self.ms_per_request = (cpu - cpu_then) * 1e3 / taken if saturated else 0.0
             self._window = (now, cpu)
         # after a stall, one look a period on even on an idle loop (whose next would come up to IDLE_PERIOD_S
         # later, refusing for as long): once the loop has read what came meanwhile, it clears the stall

@@ -160,6 +160,12 @@ class EventLoopGauge(Protocol):
     @property
     def stalled_s(self) -> float: ...
 
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def backlog_ms(self) -> float: ...
+
 
 class _EventLoop(Collector):
     """The serving event loop's lag, busy share and stalls, read when the metrics are."""
@@ -188,12 +194,22 @@ class _EventLoop(Collector):
             "used: the process stopped by its host, a VM's hiccup, CPU throttling, or a wait on another thread).",
         )
         stalled = CounterMetricFamily("sloserve_event_loop_stalled_seconds", "Those stalls' lengths, summed.")
+        in_flight = GaugeMetricFamily(
+            "sloserve_in_flight_requests", "Requests taken in by the data plane and not yet answered, every model."
+        )
+        backlog = GaugeMetricFamily(
+            "sloserve_event_loop_backlog_seconds",
+            "The saturated event loop's work ahead of a request read now (requests in flight times its CPU per "
+            "request; 0 while it is not saturated), which admission control refuses tight queries for.",
+        )
         if loop is not None:
             lag.add_metric([], loop.lag_ms / 1e3)
             busy.add_metric([], loop.busy)
             stalls.add_metric([], loop.stalls)
             stalled.add_metric([], loop.stalled_s)
-        yield from (lag, busy, stalls, stalled)
+            in_flight.add_metric([], loop.in_flight)
+            backlog.add_metric([], loop.backlog_ms / 1e3)
+        yield from (lag, busy, stalls, stalled, in_flight, backlog)
 
 
 class _Labelled:

@@ -264,6 +264,27 @@ async def test_a_query_whose_slo_the_event_loops_lag_would_spend_is_refused_befo
     await plane.apply_catalog(CatalogSnapshot())
 
 
+async def test_a_query_the_saturated_loops_backlog_would_make_miss_is_refused_before_any_work() -> None:
+    """On a saturated loop a request read now waits for the requests in flight, and about as many again not yet
+    read: when twice that backlog reaches its SLO it is refused at once (and counted in the loop's CPU per
+    request, as over a transport); a looser one is served."""
+    plane, fakes, _clock = await plane_with(CONFIG)
+    loop = plane._loop_lag
+    loop.in_flight, loop.ms_per_request = 10, 0.25  # 2 x 2.5 ms >= 5 ms
+    x = np.array([[1.0, 2.0]], np.float32)
+    tight = infer_request(x)
+    tight.parameters = {"latency_slo_ms": 5}
+    taken = loop.taken
+    with pytest.raises(ResourceExhaustedError, match=r"saturated, with 10 requests in flight \(~2\.5 ms"):
+        await plane.infer(tight)
+    assert not any(f.batches for f in fakes) and loop.taken == taken + 1
+    loose = infer_request(x)
+    loose.parameters = {"latency_slo_ms": 7}  # 5 < 7 (and too tight to be held for a batch on the fake clock)
+    assert (await plane.infer(loose)).parameters["slo_met"] is True
+    assert loop.in_flight == 10 and loop.taken == taken + 2  # counted in while it waited, and out
+    await plane.apply_catalog(CatalogSnapshot())
+
+
 async def test_a_query_read_right_after_the_process_was_stopped_is_refused_for_the_stall() -> None:
     """A process stopped for 30 ms (LoopLag.stall_ms) reads the requests that came meanwhile in its next turn:
     they may have waited all of it, unseen; one whose SLO that spends is refused; once the next look has
@@ -299,6 +320,7 @@ async def test_the_transport_refuses_for_the_loops_lag_before_decoding_tensors_a
     received = clock.now() - 0.0015  # 1.5 + 2 x 2.0 ms >= 5 ms
     refused = await app(HttpRequest("POST", "/v2/models/m/infer", [], broken, received))
     assert refused.status == 429 and b"event loop runs ~2.0 ms behind" in refused.body
+    assert plane._loop_lag.taken == 1  # taken in (for the loop's CPU per request), though infer never ran
     loose = orjson.dumps(
         {
             "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}],
@@ -312,7 +334,7 @@ async def test_the_transport_refuses_for_the_loops_lag_before_decoding_tensors_a
     admitted.received_s = received
     admitted.slo = Slo(latency_ms=5.0)  # as the transport's check leaves it: the refused query, now served
     assert (await plane.infer(admitted)).parameters["slo_met"] is True
-    assert sum(len(f.batches) for f in fakes) == 2
+    assert sum(len(f.batches) for f in fakes) == 2 and plane._loop_lag.taken == 3
     text = plane._metrics.exposition().decode()
     assert 'sloserve_request_failure_total{model="m",reason="loop_overloaded"} 1.0' in text
     await plane.apply_catalog(CatalogSnapshot())

@@ -10,6 +10,7 @@ import pytest
 from sloserve.dataplane.loop_load import (
     IDLE_PERIOD_S,
     LAG_EWMA,
+    LOOP_BUSY_SATURATED,
     TIMER_SLACK_MS,
     LoopLag,
     lag_weight,
@@ -60,6 +61,23 @@ async def test_the_busy_share_is_the_loop_threads_cpu_over_each_window_and_gives
     lag.stop()
     assert lag.busy == 0.0 and lag.room == 0.0 and lag.idle == 0.0 and lag.hold_share == 1.0
     assert lag.holdable_ms == holdable_ms(0.0)
+
+
+async def test_a_saturated_loops_backlog_is_its_requests_in_flight_times_its_cpu_per_request() -> None:
+    """While the loop's thread is busy at least ``LOOP_BUSY_SATURATED`` of a window, its CPU per request taken in
+    over that window times the requests in flight is the backlog; below, and once stopped, there is none."""
+    now, cpu = [0.0], [0.0]
+    lag = LoopLag(clock=lambda: now[0], period_s=0.001, cpu=lambda: cpu[0])
+    lag.start()
+    lag.in_flight = 10
+    for busy, taken, backlog_ms in ((1.0, 250, 5.0), (LOOP_BUSY_SATURATED, 125, 9.5), (0.9, 250, 0.0), (1.0, 0, 0.0)):
+        now[0] += 0.125
+        cpu[0] += 0.125 * busy
+        lag.taken += taken
+        await asyncio.sleep(0.005)  # a few looks: one closes the window
+        assert lag.backlog_ms == pytest.approx(backlog_ms)
+    lag.stop()
+    assert lag.backlog_ms == 0.0
 
 
 def test_an_idle_loop_is_looked_at_twice_as_late_each_time_and_a_working_one_at_the_period() -> None:

@@ -64,14 +64,19 @@ def test_the_event_loops_lag_busy_share_and_stalls_are_read_at_each_scrape() -> 
         busy: float = 0.0
         stalls: int = 0
         stalled_s: float = 0.0
+        in_flight: int = 0
+        backlog_ms: float = 0.0
 
     m = ServingMetrics()
     assert "\nsloserve_event_loop_lag_seconds " not in m.exposition().decode()  # described, no sample
     loop = Loop()
     m.event_loop(loop)
     loop.lag_ms, loop.busy, loop.stalls, loop.stalled_s = 2.5, 0.75, 3, 0.25
+    loop.in_flight, loop.backlog_ms = 40, 1.5
     text = m.exposition().decode()
     assert "sloserve_event_loop_lag_seconds 0.0025" in text
     assert "sloserve_event_loop_busy_ratio 0.75" in text
     assert "sloserve_event_loop_stalls_total 3.0" in text
     assert "sloserve_event_loop_stalled_seconds_total 0.25" in text
+    assert "sloserve_in_flight_requests 40.0" in text
+    assert "sloserve_event_loop_backlog_seconds 0.0015" in text
