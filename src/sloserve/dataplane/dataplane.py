@@ -36,14 +36,6 @@ from sloserve.variant import VariantProfile
 SERVER_NAME = "sloserve"
 LAG_TURNS = 2
 """Turns of the event loop a request still waits for once read: its batch's, and its answer's."""
-BACKLOG_SHARE = 2.0
-"""How many times the saturated loop's backlog (:attr:`~sloserve.dataplane.loop_load.LoopLag.backlog_ms`, the
-requests in flight times its CPU per request) a request read now has ahead of it. The count sees only the
-requests already parsed; a saturated loop has as many again waiting to be read, in its sockets and in the
-clients' queues. At ~100% of `digits`' capacity (26,000 queries/s, `benchmarks/paired.py`, 6 reps each):
-74.24% within SLO (lowest rep 66.09%) with twice the backlog, 56.96% (lowest 35.32%) with it once, and 2.77%
-(5 of 6 reps at 0-10%) without the check, which refused no more than the lag's 0.6-1%; at 80% (21,000)
-98.34% against 98.61% without it (8 reps, a noisy hour)."""
 EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics")
 
 
@@ -258,7 +250,7 @@ class DataPlane:
     def admit(self, name: str, version: str | None, received_s: float | None, parameters: Mapping[str, Any]) -> Slo:
         """Refuse at once (RESOURCE_EXHAUSTED) a query whose latency SLO the event loop's lag already spends:
         it has waited to be read, and still waits a turn of the loop for its batch and another for its answer;
-        on a saturated loop, for the requests ahead of it too (:data:`BACKLOG_SHARE`).
+        on a saturated loop, for the requests in flight ahead of it (:attr:`LoopLag.backlog_ms`).
 
         Transports call it with a request's parameters as soon as they have them, before decoding its tensors
         (the codecs' ``admit``), because that is when the loop is behind: a refusal then costs about half of
@@ -280,7 +272,7 @@ class DataPlane:
             loop = self._loop_lag
             lag_ms, stall_ms, backlog_ms = loop.lag_ms, loop.stall_ms, loop.backlog_ms
             # what the loop alone will make it wait, and may have made it wait unseen before it was read
-            if waited_ms + stall_ms + max(LAG_TURNS * lag_ms, BACKLOG_SHARE * backlog_ms) >= slo.latency_ms:
+            if waited_ms + stall_ms + max(LAG_TURNS * lag_ms, backlog_ms) >= slo.latency_ms:
                 self._metrics.request_rejected(view.loaded.name, "loop_overloaded")
                 raise ResourceExhaustedError(
                     _loop_overloaded(waited_ms, stall_ms, lag_ms, slo.latency_ms, loop.in_flight, backlog_ms)
@@ -459,11 +451,10 @@ def _loop_overloaded(
             f"overloaded: the request waited {waited_ms:.1f} ms for the server to read it, past its {slo_ms:g} ms "
             "latency SLO; retry later"
         )
-    if BACKLOG_SHARE * backlog_ms > LAG_TURNS * lag_ms:
+    if backlog_ms > LAG_TURNS * lag_ms:
         return (
-            f"overloaded: the server's event loop is saturated, with {in_flight} requests in flight (~{backlog_ms:.1f}"
-            f" ms of its work) and about as many waiting to be read, past the request's {slo_ms:g} ms latency SLO; "
-            "retry later"
+            f"overloaded: the server's event loop is saturated, with {in_flight} requests in flight ahead of this one"
+            f" (~{backlog_ms:.1f} ms of its work), past its {slo_ms:g} ms latency SLO; retry later"
         )
     if stall_ms > 0:
         return (

@@ -265,17 +265,19 @@ async def test_a_query_whose_slo_the_event_loops_lag_would_spend_is_refused_befo
 
 
 async def test_a_query_the_saturated_loops_backlog_would_make_miss_is_refused_before_any_work() -> None:
-    """On a saturated loop a request read now waits for the requests in flight, and about as many again not yet
-    read: when twice that backlog reaches its SLO it is refused at once (and counted in the loop's CPU per
-    request, as over a transport); a looser one is served."""
+    """On a saturated loop a request read now waits for the requests in flight: when that backlog reaches its
+    SLO it is refused at once (and counted in the loop's CPU per request, as over a transport); a looser one is
+    served."""
     plane, fakes, _clock = await plane_with(CONFIG)
     loop = plane._loop_lag
-    loop.in_flight, loop.ms_per_request = 10, 0.25  # 2 x 2.5 ms >= 5 ms
+    loop.in_flight, loop.ms_per_request = 10, 0.5  # 5 ms >= 5 ms
     x = np.array([[1.0, 2.0]], np.float32)
     tight = infer_request(x)
     tight.parameters = {"latency_slo_ms": 5}
     taken = loop.taken
-    with pytest.raises(ResourceExhaustedError, match=r"saturated, with 10 requests in flight \(~2\.5 ms"):
+    with pytest.raises(
+        ResourceExhaustedError, match=r"saturated, with 10 requests in flight ahead of this one \(~5\.0 ms"
+    ):
         await plane.infer(tight)
     assert not any(f.batches for f in fakes) and loop.taken == taken + 1
     loose = infer_request(x)
