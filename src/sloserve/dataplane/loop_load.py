@@ -6,7 +6,7 @@ the loop, in bursts that no variant's queue shows. The batcher holds requests fo
 bigger batches only while the loop keeps up (:func:`sloserve.policy.batching.lag_hold_scale`),
 holds tight classes only while it has room (:func:`sloserve.policy.batching.loop_room`
 of its busy share), and admission control refuses a query whose latency SLO the loop's lag
-already spends.
+already spends, or, once the loop is saturated, its backlog (:attr:`LoopLag.backlog_ms`).
 """
 
 from __future__ import annotations
