@@ -7,7 +7,7 @@ Starts one `sloserve serve` on a copy of a model registered by `slo.py --workdir
 with a `sitecustomize` on its `PYTHONPATH` that records, for every HTTP request, when its bytes were parsed
 (`received_s`), when its handler started (a turn of the event loop later) and when its answer was ready.
 Then runs `--reps` seeded open-loop reps of `slo.py`'s load (half tight, half loose) and records each query's
-scheduled time, send, answer and status client-side (429s split by why: waited to be read, the loop's lag,
+scheduled time, send, answer and status client-side (429s split by why: waited to be read, the loop's lag, its backlog,
 no variant in time). It prints one line per rep and, for the worst rep, per window of `--window-ms` where
 it missed: queries sent, the server's wait from parse to handler (the loop's turn) and the handler's time
 (the batcher's turn, the compute, the answer's turn), at p50 / p90, and the answers by status.
@@ -57,7 +57,7 @@ if "serve" in sys.argv and os.environ.get("SLOSERVE_TIMELINE"):
     _serve._Connection._call = _timed
     atexit.register(lambda: __import__("numpy").save(os.environ["SLOSERVE_TIMELINE"], __import__("numpy").array(_rows)))
 """
-_WHY = {b"waited": 1, b"event loop": 2}
+_WHY = {b"waited": 1, b"saturated": 4, b"event loop": 2}
 """429 reasons by their message (else 3: no variant predicted in time)."""
 
 
@@ -172,10 +172,10 @@ def main() -> None:
                 got = np.load(out)
                 origin, rows = float(got[0, 0]), got[1:]
                 met = (rows[:, 3] == 200) & ((rows[:, 2] - rows[:, 0]) * 1e3 <= limits[rows[:, 4].astype(int)])
-                why = [int(np.sum(rows[:, 5] == code)) for code in (1, 2, 3)]
+                why = [int(np.sum(rows[:, 5] == code)) for code in (1, 2, 4, 3)]
                 print(
                     f"rep {rep + 1}: {met.mean():.2%} within SLO; late {int(np.sum((rows[:, 3] == 200) & ~met))}, "
-                    f"429 {sum(why)} (waited to be read {why[0]}, loop lag {why[1]}, no variant {why[2]}), "
+                    f"429 {sum(why)} (waited to be read {why[0]}, loop lag {why[1]}, saturated {why[2]}, no variant {why[3]}), "
                     f"504 {int(np.sum(rows[:, 3] == 504))}",
                     flush=True,
                 )
