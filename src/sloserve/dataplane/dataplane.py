@@ -273,7 +273,8 @@ class DataPlane:
             lag_ms, stall_ms, backlog_ms = loop.lag_ms, loop.stall_ms, loop.backlog_ms
             # what the loop alone will make it wait, and may have made it wait unseen before it was read
             if waited_ms + stall_ms + max(LAG_TURNS * lag_ms, backlog_ms) >= slo.latency_ms:
-                self._metrics.request_rejected(view.loaded.name, "loop_overloaded")
+                saturated = backlog_ms > LAG_TURNS * lag_ms
+                self._metrics.request_rejected(view.loaded.name, "loop_saturated" if saturated else "loop_overloaded")
                 raise ResourceExhaustedError(
                     _loop_overloaded(waited_ms, stall_ms, lag_ms, slo.latency_ms, loop.in_flight, backlog_ms)
                 )

@@ -280,6 +280,7 @@ async def test_a_query_the_saturated_loops_backlog_would_make_miss_is_refused_be
     ):
         await plane.infer(tight)
     assert not any(f.batches for f in fakes) and loop.taken == taken + 1
+    assert 'reason="loop_saturated"} 1.0' in plane._metrics.exposition().decode()
     loose = infer_request(x)
     loose.parameters = {"latency_slo_ms": 7}  # 5 < 7 (and too tight to be held for a batch on the fake clock)
     assert (await plane.infer(loose)).parameters["slo_met"] is True
