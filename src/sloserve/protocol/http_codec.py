@@ -28,7 +28,8 @@ BINARY_DATA_SIZE: Final = "binary_data_size"
 BINARY_DATA: Final = "binary_data"
 BINARY_DATA_OUTPUT: Final = "binary_data_output"
 
-_SCALAR_TYPES: Final = (str, bool, int, float)
+_SCALAR_TYPES: Final = frozenset((str, bool, int, float))
+"""A parameter's types: JSON decodes to exactly these, so one lookup of its type checks a value."""
 _NO_BINARY: Final = memoryview(b"")
 _DATATYPES: Final = frozenset(DATATYPES)
 
@@ -200,7 +201,7 @@ def _checked_parameters(raw: Any, label: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise InvalidArgumentError(f"{label}: 'parameters' must be a JSON object")
     for key, value in raw.items():
-        if not isinstance(value, _SCALAR_TYPES):
+        if value.__class__ not in _SCALAR_TYPES:
             raise InvalidArgumentError(f"{label}: parameter {key!r} must be a string, number or boolean, got {value!r}")
     return raw
 

@@ -249,6 +249,26 @@ async def test_a_request_that_cannot_make_its_deadline_is_dropped_before_compute
     await blocker
 
 
+async def test_a_request_with_more_rows_than_a_batch_is_dropped_by_its_own_rows() -> None:
+    """Unbatched (max_batch_size 0), a request may have any rows: its deadline is judged by its own prediction,
+    not a full batch's (the check spares requests whose deadline a full batch makes)."""
+    clock = FakeClock()
+    replica = FakeReplica(capacity=1)
+    batcher = make([replica], clock, max_batch=0)
+    batcher.model = LatencyModel(intercept_ms=1.0, per_row_ms=1.0)
+    doomed = batcher.submit(rows(1.0, 5), 5, deadline_s=clock.now() + 0.003)  # 5 rows take 6 ms
+    await settle()
+    assert doomed.done() and not replica.batches
+    with pytest.raises(DeadlineExceededError, match="before compute"):
+        await doomed
+    fine = batcher.submit(rows(2.0), 1, deadline_s=clock.now() + 0.003)  # one row, 2 ms
+    await settle()
+    replica.complete(0, double(replica.batches[0]))
+    assert (await fine).outputs["y"][0, 0] == 4.0
+    assert batcher.expired == 1
+    await batcher.close()
+
+
 async def test_a_request_is_dropped_when_its_deadline_passes_while_no_replica_can_take_it() -> None:
     """Not when a replica frees up (or comes back) later: a client with a 10 ms SLO hears within ~10 ms."""
     clock = FakeClock()
