@@ -85,6 +85,12 @@ class ReplicaSet:
         ]
 
     def try_acquire(self) -> Replica | None:
+        if len(self._replicas) == 1:  # the usual case (one replica on the event loop): nothing to choose
+            replica = self._replicas[0]
+            if not replica.healthy or self._reserved[replica.id] >= replica.capacity:
+                return None
+            self._reserved[replica.id] += 1
+            return replica
         available = self._available()
         if not available:
             return None

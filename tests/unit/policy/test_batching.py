@@ -43,7 +43,7 @@ def test_a_request_that_cannot_make_it_even_alone_has_expired() -> None:
 
 
 @given(
-    st.lists(st.tuples(st.floats(0, 100), st.integers(1, 8)), min_size=1, max_size=40),
+    st.lists(st.tuples(st.floats(0, 100) | st.just(math.inf), st.integers(1, 8)), min_size=1, max_size=40),
     st.integers(1, 64),
 )
 def test_the_batch_taken_loses_the_fewest_deadlines_over_two_batches(
