@@ -324,7 +324,10 @@ class DynamicBatcher:
         to start the batch, another to hand the slot back): near saturation a turn is long (it reads and
         parses everything that came in meanwhile), and a batcher that needs turns per batch falls behind the
         more requests arrive. Inline batches run here, synchronously, one after another while requests wait,
-        for up to :data:`INLINE_TURN_S` before the loop gets a turn to read more and send the answers."""
+        for up to :data:`INLINE_TURN_S` (from the wake-up, or the end of a hold, in which the loop had its turns)
+        before the loop gets a turn to read more and send the answers. Counted from the wake-up alone, a
+        2 ms hold made every batch after it yield a turn first (0.7-0.9 of the batches at 20% of `digits`'
+        capacity)."""
         turn_started = self._clock.now()
         while True:
             while not self._queue.heap:
@@ -333,7 +336,8 @@ class DynamicBatcher:
                 self._arrival.clear()
                 await self._arrival.wait()
                 turn_started = self._clock.now()
-            await self._wait_window()
+            if await self._wait_window():  # the loop had its turns meanwhile: the batches run from now
+                turn_started = self._clock.now()
             if self._inline:
                 batch = self._take()
                 if batch:
@@ -397,11 +401,12 @@ class DynamicBatcher:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _wait_window(self) -> None:
+    async def _wait_window(self) -> bool:
         """Hold the batch for later requests until the earliest release waiting, never past the head's
-        last moment; at once when the batch is full."""
+        last moment; at once when the batch is full. Whether it held."""
+        held = False
         if not self._holds:
-            return
+            return held
         queue = self._queue
         while queue.heap and queue.rows < self.limit and not self._closed:
             now = self._clock.now()
@@ -410,13 +415,15 @@ class DynamicBatcher:
             if head.deadline_s is not None:
                 until = min(until, head.deadline_s - self.model.predict_ms(max(queue.rows, self.limit)) / 1e3)
             if until - now < _TIMER_GRAIN_S:
-                return
+                return held
+            held = True
             self._arrival.clear()
             self._window_until = until
             try:
                 await self._arrival.wait(until - now)
             finally:
                 self._window_until = None
+        return held
 
     def _take(self) -> list[_Waiting]:
         """The next batch in deadline order (:func:`batch_take` decides how much of it); requests that can no

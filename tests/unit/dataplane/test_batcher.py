@@ -597,6 +597,25 @@ async def test_inline_batches_take_what_arrived_in_one_turn_and_run_without_a_ta
     await batcher.close()
 
 
+async def test_inline_batches_run_on_in_their_turn_after_a_hold() -> None:
+    """The batcher yields the loop after running inline batches for ``INLINE_TURN_S``; a hold is not running:
+    the loop had its turns meanwhile, so the batches after it run on in the same turn."""
+    clock = FakeClock()
+    inline = InlineFake()
+    batcher = make([inline], clock, delay_s=0.003)
+    batcher.model = LatencyModel(intercept_ms=0.5, per_row_ms=1.0)
+    loose = [batcher.submit(rows(1.0), 1) for _ in range(3)]  # no deadline: held 3 ms
+    await settle()
+    await clock.advance(0.0029)  # past INLINE_TURN_S, all of it held
+    assert inline.batches == []
+    tight = batcher.submit(rows(2.0, 6), 6, deadline_s=clock.now() + 0.007)  # fills the batch: no more hold
+    await asyncio.sleep(0)  # one turn: the batcher's
+    # 8 rows would take 8.5 ms, past the 6 rows' deadline: they go alone (6.5 ms), the three right after
+    assert [b["x"].shape[0] for b in inline.batches] == [6, 3]
+    assert tight.done() and all(f.done() for f in loose)
+    await batcher.close()
+
+
 @given(st.floats(0.0, 100.0), st.floats(0.0, 50.0), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
 def test_a_request_with_too_little_budget_to_be_held_is_not_worked_out(
     budget_ms: float, max_hold_ms: float, scale: float, room: float
