@@ -270,7 +270,7 @@ class DataPlane:
         if slo.latency_ms is not None and not slo.best_effort and slo.latency_ms > view.chooser.fastest_ms:
             waited_ms = (self._clock.now() - started) * 1e3
             loop = self._loop_lag
-            turns_ms, backlog_ms = LAG_TURNS * loop.lag_ms, loop.in_flight * loop.ms_per_request  # backlog_ms
+            turns_ms, backlog_ms = LAG_TURNS * loop.lag_ms, loop.in_flight * loop.ms_per_request  # its backlog_ms
             # what the loop alone will make it wait, and may have made it wait unseen before it was read
             if waited_ms + loop.stall_ms + (backlog_ms if backlog_ms > turns_ms else turns_ms) >= slo.latency_ms:
                 lag_ms, stall_ms = loop.lag_ms, loop.stall_ms
