@@ -1,7 +1,8 @@
 """The request path's own CPU per query, in process: for changes of a microsecond or two.
 
     python benchmarks/requestpath.py [--model digits] [--workdir DIR] [--wave 16] [--rounds 1500] [--reps 9]
-                                     [--against SRC] [--tight-ms 5] [--pinned-slo] [--running V,V]
+                                     [--against SRC] [--tight-ms 5] [--pinned-slo] [--maxbatch]
+                                     [--running V,V] [--config JSON]
 
 Served benchmarks (`paired.py`) see the front end's cost through sockets, the load generator and the VM's
 drift: differences under ~3 µs a query drown there. This runs a `Server` (the composition `sloserve serve`
@@ -89,6 +90,7 @@ def run_here(args: argparse.Namespace) -> dict[str, Any]:
     records, _ = slo.register(args.model, base / "repo", base / "home", 0.2)
     classes = slo.classes_for(records, 0.0, args.tight_ms)
     repo, home = paired.copy_model(base, args.workdir / "requestpath" / args.model)
+    paired.patch_config(repo, args.model, json.loads(args.config))
     rows = np.load(base / f"{args.model}-rows.npy")
 
     def body(params: dict[str, Any], i: int) -> bytes:
@@ -105,6 +107,8 @@ def run_here(args: argparse.Namespace) -> dict[str, Any]:
         bodies["pinned + SLO"] = [
             (f"/v2/models/{args.model}/versions/fp32/infer", body(slos[i % 2], i)) for i in range(args.wave)
         ]
+    if args.maxbatch:  # slo.py's plain max-batch + 2 ms window baseline: fp32 as its own model, no SLOs
+        bodies["maxbatch"] = [(f"/v2/models/{args.model}_maxbatch/infer", body({}, i)) for i in range(args.wave)]
     return uvloop.run(measure(repo, home, args.model, bodies, args))
 
 
@@ -132,6 +136,9 @@ def summary(label: str, result: dict[str, Any]) -> None:
     if "pinned + SLO" in us:
         diffs = [a - b for a, b in zip(us["pinned + SLO"], us["fp32 pinned"], strict=True)]
         print(f"{label}pinned + SLO - pinned: median {statistics.median(diffs):+.2f} µs/query")
+    if "maxbatch" in us:
+        diffs = [a - b for a, b in zip(us["model-less"], us["maxbatch"], strict=True)]
+        print(f"{label}model-less - maxbatch: median {statistics.median(diffs):+.2f} µs/query")
 
 
 def main() -> None:
@@ -145,6 +152,17 @@ def main() -> None:
     parser.add_argument("--against", default=None, help="another source tree (its src/) to measure the same way")
     parser.add_argument(
         "--pinned-slo", action="store_true", help="also fp32 pinned with the SLO parameters: the SLO's cost apart"
+    )
+    parser.add_argument(
+        "--config",
+        default="{}",
+        help="JSON object merged into the model's config.json, as paired.py's --a-config (e.g. holds off: "
+        '\'{"dynamic_batching": {"max_slo_hold_us": 0}}\')',
+    )
+    parser.add_argument(
+        "--maxbatch",
+        action="store_true",
+        help="also slo.py's maxbatch (fp32 as its own model, a 2 ms window, no SLOs): its batches wait on a timer",
     )
     parser.add_argument(
         "--running",

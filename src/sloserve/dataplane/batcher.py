@@ -152,7 +152,8 @@ class LoopShare(Protocol):
 
     @property
     def hold_share(self) -> float:
-        """The share of its hold a request gets given how far behind the loop runs (:func:`lag_hold_scale`)."""
+        """The share of its hold a request gets given how far behind the loop runs and how busy it is
+        (:func:`lag_hold_scale`, :func:`~sloserve.policy.batching.loop_hold_scale`)."""
         ...
 
     @property

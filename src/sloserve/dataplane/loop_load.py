@@ -3,7 +3,8 @@
 The server is one event loop: what it does per query (parsing, selection, batching,
 answering) queues on it, and as that nears a whole core every query waits longer for
 the loop, in bursts that no variant's queue shows. The batcher holds requests for
-bigger batches only while the loop keeps up (:func:`sloserve.policy.batching.lag_hold_scale`),
+bigger batches only while the loop keeps up (:func:`sloserve.policy.batching.lag_hold_scale`) and has time
+to spare (:func:`~sloserve.policy.batching.loop_hold_scale` of its busy share),
 holds tight classes only while it has room (:func:`sloserve.policy.batching.loop_room`
 of its busy share), and admission control refuses a query whose latency SLO the loop's lag
 already spends, or, once the loop is saturated, its backlog (:attr:`LoopLag.backlog_ms`).
@@ -19,6 +20,7 @@ from sloserve.policy.batching import (
     LOOP_LOAD_WINDOW_S,
     holdable_ms,
     lag_hold_scale,
+    loop_hold_scale,
     loop_idle_scale,
     loop_room,
 )
@@ -90,7 +92,10 @@ class LoopLag:
         """The loop thread's CPU seconds per second over the last :data:`LOOP_LOAD_WINDOW_S` (``cpu`` reads the
         thread's CPU time; inline batches compute on it too)."""
         self.hold_share = 1.0
-        """:func:`lag_hold_scale` of :attr:`lag_ms`, worked out at each look rather than per request."""
+        """The lesser of :func:`lag_hold_scale` of :attr:`lag_ms` and :func:`loop_hold_scale` of :attr:`busy`,
+        worked out at each look rather than per request."""
+        self._busy_share = 1.0
+        """:func:`loop_hold_scale` of :attr:`busy`, worked out with it."""
         self.room = 0.0
         """:func:`loop_room` of :attr:`busy`; none until a window has been measured."""
         self.idle = 0.0
@@ -120,7 +125,7 @@ class LoopLag:
             self._timer.cancel()
             self._timer = None
         self.lag_ms = self.stall_ms = self.busy = self.room = self.idle = self.ms_per_request = 0.0
-        self.hold_share = 1.0
+        self.hold_share = self._busy_share = 1.0
         self.holdable_ms = holdable_ms(0.0)
 
     @property
@@ -146,12 +151,13 @@ class LoopLag:
             self._next_s = next_look_s(self._next_s, self._period_s, worked_ms / 1e3, now - last)
         late_ms = loop_late_ms(late_ms, worked_ms)
         self.lag_ms += lag_weight(now - last, self._period_s) * (late_ms - self.lag_ms)
-        self.hold_share = lag_hold_scale(self.lag_ms)
+        self.hold_share = min(lag_hold_scale(self.lag_ms), self._busy_share)
         self._last = (now, cpu)
         since, cpu_then = self._window
         if now - since >= LOOP_LOAD_WINDOW_S:
             self.busy = (cpu - cpu_then) / (now - since)
             self.room = loop_room(self.busy)
+            self._busy_share = loop_hold_scale(self.busy)
             self.idle = loop_idle_scale(self.busy)
             self.holdable_ms = holdable_ms(self.room, self.idle)
             taken, self._taken_then = self.taken - self._taken_then, self.taken

@@ -29,9 +29,11 @@ shrinks to :data:`IDLE_RESERVE_MS` (a 5 ms class held 2 ms) on a loop that mostl
 took more than ``NEAR_MISS_SHARE`` of the budget it had left (close enough to its deadline that
 the time the batcher cannot see, answering and the network, may push it over) and creeps back
 after batches that finished well within; and it is zero while the serving process's
-event loop runs ``LAG_NO_HOLD_MS`` behind (``lag_hold_scale``; the simulator, which has
-no loop, uses its front end's busy share: ``loop_hold_scale``): the loop's own
-queueing, which the batcher cannot see either, then takes the slack.
+event loop runs ``LAG_NO_HOLD_MS`` behind (``lag_hold_scale``: the loop's own
+queueing, which the batcher cannot see either, then takes the slack), and while it is
+``LOOP_BUSY_NO_HOLD`` busy (``loop_hold_scale``: its turns gather big batches without
+holds, and a hold's timer costs more than it saves; the simulator, which has no loop
+to run behind, gates its holds by this alone).
 """
 
 from __future__ import annotations
@@ -109,16 +111,22 @@ def _reserve_and_fraction(room: float, idle: float) -> tuple[float, float]:
 
 LOOP_LOAD_WINDOW_S = 0.1
 """The window over which the event loop's busy share is measured."""
-LOOP_BUSY_FULL_HOLD = 0.9
-LOOP_BUSY_NO_HOLD = 1.0
-"""The simulator has no event loop to run behind, so it gates every hold by its front end's busy share where the
-server uses the lag (:func:`lag_hold_scale`): holds shrink from whole to none as the front end goes from 90% of a
-core busy to a whole core, where nothing is left of it for the slack a hold would spend."""
+LOOP_BUSY_FULL_HOLD = 0.75
+LOOP_BUSY_NO_HOLD = 0.85
+"""Every hold shrinks from whole to none as the event loop goes from 75% of a core busy to 85% (the server gates
+by its lag too: :func:`lag_hold_scale`; the simulator, with no loop to run behind, by its front end's busy share
+alone). So busy, the loop's turns gather batches of 15-17 rows without holds (`digits` at ~80% of capacity, the
+loop 85-95% busy), and a hold's timer and window cost more than the row or two it adds. At 80% of `digits`'
+capacity (21,300 queries/s; `benchmarks/paired.py`, 8 reps) holding nothing (``max_slo_hold_us`` 0) was
+0.7 µs of server CPU a query cheaper in 8 of 8 reps at 98.70% within SLO against 98.71%; this gate, at 20,000
+queries/s, 0.5 µs cheaper at 98.96% against 98.57% (better in 6 of 8 reps); at 60% (15,000, the loop 70-76%
+busy) it left the holds as they were (13.6 against 14.0 rows, 99.78% against 99.74%). It was at 90-100%, for
+the simulator only."""
 
 
 def loop_hold_scale(busy: float) -> float:
-    """The share of their hold the simulator's requests get while its front end is ``busy`` (CPU s per s), in
-    [0, 1]."""
+    """The share of their hold requests get while the event loop (the simulator's front end) is ``busy`` (CPU s
+    per s), in [0, 1]."""
     return min(1.0, max(0.0, (LOOP_BUSY_NO_HOLD - busy) / (LOOP_BUSY_NO_HOLD - LOOP_BUSY_FULL_HOLD)))
 
 

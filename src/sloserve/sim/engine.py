@@ -211,8 +211,8 @@ class Simulator:
         """Until when each request may wait for others to join its batch (set at admission)."""
         if config.policy.kind == "modelless" and config.max_slo_hold_ms > 0:
             self.release = self.times.copy()
-        # The front end's busy share over 100 ms windows: the simulator's hold gate (it has no event loop whose
-        # lag it could read, as the server's batcher does: policy/batching.py:lag_hold_scale).
+        # The front end's busy share over 100 ms windows: the simulator's hold gate, the server's busy gate (it has
+        # no event loop whose lag it could read, as the server's batcher also does: policy/batching.py).
         self.busy = 0.0
         self.busy_since = 0.0
         self.busy_ms = 0.0
@@ -357,7 +357,7 @@ class Simulator:
             hold = hold_ms(
                 self.deadlines[rid] - t,
                 self.config.max_slo_hold_ms,
-                pool.hold_scale * loop_hold_scale(busy),  # the server's lag gate
+                pool.hold_scale * loop_hold_scale(busy),  # the server's busy gate (it has no lag)
                 loop_room(busy),
                 loop_idle_scale(busy),
             )

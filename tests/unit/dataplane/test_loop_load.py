@@ -17,7 +17,7 @@ from sloserve.dataplane.loop_load import (
     loop_late_ms,
     next_look_s,
 )
-from sloserve.policy.batching import holdable_ms
+from sloserve.policy.batching import LOOP_BUSY_FULL_HOLD, holdable_ms, loop_hold_scale
 
 
 async def test_the_lag_follows_how_long_the_loop_takes_to_come_round() -> None:
@@ -61,6 +61,31 @@ async def test_the_busy_share_is_the_loop_threads_cpu_over_each_window_and_gives
     lag.stop()
     assert lag.busy == 0.0 and lag.room == 0.0 and lag.idle == 0.0 and lag.hold_share == 1.0
     assert lag.holdable_ms == holdable_ms(0.0)
+
+
+async def test_holds_shrink_as_the_loop_gets_busy_though_it_keeps_up() -> None:
+    """``hold_share`` is the lesser of the lag's and the busy share's gates: a loop 80% busy whose looks all come
+    on time (no lag) gives half a hold, one 90% busy none (``LOOP_BUSY_FULL_HOLD`` to ``LOOP_BUSY_NO_HOLD``)."""
+    now, used = [0.0], [0.0]
+    looked = asyncio.Event()
+
+    def cpu() -> float:  # read once a look: the test moves the clocks on one look at a time
+        looked.set()
+        return used[0]
+
+    lag = LoopLag(clock=lambda: now[0], period_s=0.001, cpu=cpu)
+    lag.start()
+    for busy, share in ((0.5, 1.0), (0.8, 0.5), (0.9, 0.0), (LOOP_BUSY_FULL_HOLD, 1.0)):
+        for _ in range(210):  # each look on time (the lag stays 0), and a 100 ms window wholly at this level
+            looked.clear()
+            now[0] += 0.001
+            used[0] += 0.001 * busy
+            await looked.wait()
+        assert lag.lag_ms == 0.0 and lag.busy == pytest.approx(busy)
+        assert lag.hold_share == pytest.approx(min(share, loop_hold_scale(busy)))
+        assert lag.hold_share == pytest.approx(share)
+    lag.stop()
+    assert lag.hold_share == 1.0
 
 
 async def test_a_saturated_loops_backlog_is_its_requests_in_flight_times_its_cpu_per_request() -> None:

@@ -241,12 +241,12 @@ def test_at_low_load_requests_are_held_for_bigger_cheaper_batches_but_not_when_t
     assert held[0] >= 0.999 and unheld[0] >= 0.999
     assert held[1] > 1.5 * unheld[1], (held, unheld)
     assert held[2] < 0.8 * unheld[2]
-    # 1,000 req/s x 0.85 ms: the front end is 85% busy, short of LOOP_BUSY_FULL_HOLD, and holds go on
-    busy = mid(SimConfig(cpus=4, frontend_ms=0.85))
-    assert busy[1] > 1.3 * mid(SimConfig(cpus=4, frontend_ms=0.85, max_slo_hold_ms=0.0))[1]
-    # x 0.995 ms: all but saturated, and nothing is held
-    saturated = mid(SimConfig(cpus=4, frontend_ms=0.995))
-    assert saturated[1] == pytest.approx(mid(SimConfig(cpus=4, frontend_ms=0.995, max_slo_hold_ms=0.0))[1], rel=0.1)
+    # 1,000 req/s x 0.7 ms: the front end is 70% busy, short of LOOP_BUSY_FULL_HOLD, and holds go on
+    busy = mid(SimConfig(cpus=4, frontend_ms=0.7))
+    assert busy[1] > 1.3 * mid(SimConfig(cpus=4, frontend_ms=0.7, max_slo_hold_ms=0.0))[1]
+    # x 0.9 ms: past LOOP_BUSY_NO_HOLD, and nothing is held
+    saturated = mid(SimConfig(cpus=4, frontend_ms=0.9))
+    assert saturated[1] == pytest.approx(mid(SimConfig(cpus=4, frontend_ms=0.9, max_slo_hold_ms=0.0))[1], rel=0.1)
     with pytest.raises(InvalidArgumentError, match="max-slo-hold-ms"):
         run(trio, [Segment(1, 10)], [ACCURATE], SimConfig(max_slo_hold_ms=-1.0))
 
