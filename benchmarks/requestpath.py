@@ -13,6 +13,15 @@ CPU time of the loop's thread (`time.thread_time`) over `--rounds` waves is divi
 from the body's bytes to the encoded answer counts: decoding, admission, selection, batching, the inline
 batch, the answer; the sockets do not.
 
+Model-less's waves hold their batches or not depending on the state they find the event loop in, and keep it
+there: back to back after busy waves (the loop over 85% busy) nothing is held and the loop stays busy, as
+at 60-80% of capacity served; after waves that held, the tight class is held ~2 ms a wave (the loop idles),
+and every query pays a wake-up of the loop and caches gone cold, as at 20% served (there `fp32` pinned, not
+held, costs ~27 µs a query in process and `maxbatch` ~33). Without `--maxbatch` they follow `fp32` pinned's
+busy waves; with it, `maxbatch`'s held waves run first in each rep, so model-less runs held, and
+model-less - maxbatch is what a query pays for its SLO at 20% (+3.0-3.7 µs in process, about what it
+pays served).
+
 It prints the median and lowest per path, and the paired model-less - pinned difference per rep. With
 `--against SRC` (e.g. the `src` of `git worktree add /tmp/base HEAD`) the same measurement also runs with
 that source tree first on `PYTHONPATH`, alternating three times, and prints both: the two builds compared
@@ -99,16 +108,16 @@ def run_here(args: argparse.Namespace) -> dict[str, Any]:
         return orjson.dumps({"inputs": [tensor], "parameters": params})
 
     slos = [{"latency_slo_ms": c.latency_ms, "min_accuracy": c.min_accuracy} for c in classes]
-    bodies = {
-        "model-less": [(f"/v2/models/{args.model}/infer", body(slos[i % 2], i)) for i in range(args.wave)],
-        "fp32 pinned": [(f"/v2/models/{args.model}/versions/fp32/infer", body({}, i)) for i in range(args.wave)],
-    }
+    bodies: dict[str, list[tuple[str, bytes]]] = {}
+    if args.maxbatch:  # slo.py's plain max-batch + 2 ms window baseline (fp32 as its own model, no SLOs), run
+        # just before model-less's waves: see the docstring
+        bodies["maxbatch"] = [(f"/v2/models/{args.model}_maxbatch/infer", body({}, i)) for i in range(args.wave)]
+    bodies["model-less"] = [(f"/v2/models/{args.model}/infer", body(slos[i % 2], i)) for i in range(args.wave)]
+    bodies["fp32 pinned"] = [(f"/v2/models/{args.model}/versions/fp32/infer", body({}, i)) for i in range(args.wave)]
     if args.pinned_slo:  # the SLO's own handling (admission, deadline, holds, drops), without selection
         bodies["pinned + SLO"] = [
             (f"/v2/models/{args.model}/versions/fp32/infer", body(slos[i % 2], i)) for i in range(args.wave)
         ]
-    if args.maxbatch:  # slo.py's plain max-batch + 2 ms window baseline: fp32 as its own model, no SLOs
-        bodies["maxbatch"] = [(f"/v2/models/{args.model}_maxbatch/infer", body({}, i)) for i in range(args.wave)]
     return uvloop.run(measure(repo, home, args.model, bodies, args))
 
 
