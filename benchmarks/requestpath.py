@@ -63,10 +63,42 @@ async def measure(repo: Path, home: Path, model: str, bodies: dict[str, list[tup
     per_query: dict[str, list[float]] = {name: [] for name in bodies}
     failed: dict[str, int] = dict.fromkeys(bodies, 0)
 
-    async def one(name: str, path: str, body: bytes) -> None:
-        response = await app(HttpRequest("POST", path, headers, body, time.monotonic()))
+    from sloserve.server.http import serve
+
+    later_type = getattr(serve, "Later", None)  # builds before the batcher's turn answered HTTP have none
+    loop = asyncio.get_running_loop()
+
+    def check(name: str, response: Any) -> None:
         if response.status != 200:
             failed[name] += 1
+
+    async def wave(name: str, items: list[tuple[str, bytes]]) -> None:
+        """One wave, its answers taken as the HTTP connection takes them: one handed over from the batcher's turn
+        (a `Later`) by a callback, not by a task woken for it; a coroutine's by awaiting it."""
+        awaited, laters = [], []
+        for path, body in items:
+            outcome = app(HttpRequest("POST", path, headers, body, time.monotonic()))
+            (laters if later_type is not None and isinstance(outcome, later_type) else awaited).append(outcome)
+        done = loop.create_future()
+        left = 0
+
+        def answered(response: Any) -> None:
+            nonlocal left
+            check(name, response)
+            left -= 1
+            if left == 0:
+                done.set_result(None)
+
+        for later in laters:  # none is answered before this task awaits: the batcher runs in its own turn
+            if later.response is None:
+                left += 1
+                later.then(answered)
+            else:
+                check(name, later.response)
+        for response in await asyncio.gather(*awaited):
+            check(name, response)
+        if left:
+            await done
 
     try:
         for version in args.running:  # started by one pinned query each, as slo.py's rotation leaves them
@@ -77,13 +109,13 @@ async def measure(repo: Path, home: Path, model: str, bodies: dict[str, list[tup
             if started.status != 200:
                 raise SystemExit(f"could not start {version}: {started.status} {started.body[:300]!r}")
         for _ in range(args.reps):
-            for name, wave in bodies.items():  # alternating: drift hits both paths alike
+            for name, items in bodies.items():  # alternating: drift hits both paths alike
                 for _ in range(100):  # warm: caches, the chooser's kept choices, the batcher's AIMD
-                    await asyncio.gather(*(one(name, p, b) for p, b in wave))
+                    await wave(name, items)
                 started = time.thread_time()
                 for _ in range(args.rounds):
-                    await asyncio.gather(*(one(name, p, b) for p, b in wave))
-                per_query[name].append((time.thread_time() - started) / (args.rounds * len(wave)) * 1e6)
+                    await wave(name, items)
+                per_query[name].append((time.thread_time() - started) / (args.rounds * len(items)) * 1e6)
     finally:
         await server.stop()
     return {"us": per_query, "failed": failed}

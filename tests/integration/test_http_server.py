@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import httpx
 import orjson
 import pytest
 
-from sloserve.server.http.serve import MAX_HEAD_BYTES, HttpRequest, HttpResponse, HttpServer, bind
+from sloserve.server.http.serve import MAX_HEAD_BYTES, HttpRequest, HttpResponse, HttpServer, Later, bind
 
 pytestmark = pytest.mark.integration
 
@@ -255,3 +255,86 @@ async def test_a_request_is_stamped_when_its_first_bytes_arrive() -> None:
     [(received, handled)] = seen
     assert received is not None and sent <= received < sent + 0.05
     assert handled - received >= 0.09
+
+
+class Deferring:
+    """Hands its responses over later (:class:`Later`), as the app does an inference's from the batcher's turn:
+    the test resolves them, from outside any task of the connection."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[HttpRequest, Later]] = []
+        self.called = asyncio.Event()
+
+    def __call__(self, request: HttpRequest) -> Awaitable[HttpResponse]:
+        self.called.set()
+        if request.path == "/now":
+            return Later(HttpResponse(200, b'"now"'))
+        later = Later()
+        self.pending.append((request, later))
+        return later
+
+    def resolve_next(self) -> None:
+        request, later = self.pending.pop(0)
+        asyncio.get_running_loop().call_soon(later.resolve, HttpResponse(200, orjson.dumps(request.path)))
+
+
+@pytest.fixture
+async def deferring() -> AsyncIterator[tuple[HttpServer, Deferring]]:
+    handler = Deferring()
+    server = HttpServer(handler, bind("127.0.0.1", 0), max_body_bytes=LIMIT, grace_s=2.0)
+    await server.start()
+    yield server, handler
+    await server.stop()
+
+
+async def test_a_response_handed_over_later_is_written_then_and_keeps_pipelined_answers_in_order(
+    deferring: tuple[HttpServer, Deferring],
+) -> None:
+    server, handler = deferring
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    get = "GET {} HTTP/1.1\r\nHost: x\r\n\r\n"
+    writer.write("".join(get.format(p) for p in ("/first", "/now", "/third")).encode())
+    await asyncio.wait_for(handler.called.wait(), 5.0)
+    await asyncio.sleep(0.1)
+    assert [r.path for r, _ in handler.pending] == ["/first"]  # the others wait their turn, not handled yet
+    handler.resolve_next()
+    first = await asyncio.wait_for(reader.readuntil(b'"/first"'), 5.0)
+    assert first.startswith(b"HTTP/1.1 200")
+    second = await asyncio.wait_for(reader.readuntil(b'"now"'), 5.0)  # answered at once, after the first
+    assert second.startswith(b"HTTP/1.1 200")
+    for _ in range(50):  # the third is handed over later in its turn
+        if handler.pending:
+            break
+        await asyncio.sleep(0.01)
+    handler.resolve_next()
+    third = await asyncio.wait_for(reader.readuntil(b'"/third"'), 5.0)
+    assert third.startswith(b"HTTP/1.1 200")
+    writer.write(get.format("/fourth").encode())  # the connection goes on
+    for _ in range(50):
+        if handler.pending:
+            break
+        await asyncio.sleep(0.01)
+    handler.resolve_next()
+    assert (await asyncio.wait_for(reader.readuntil(b'"/fourth"'), 5.0)).startswith(b"HTTP/1.1 200")
+    writer.close()
+
+
+async def test_stop_waits_for_a_response_handed_over_later(deferring: tuple[HttpServer, Deferring]) -> None:
+    server, handler = deferring
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /pending HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.wait_for(handler.called.wait(), 5.0)
+    stopping = asyncio.create_task(server.stop())
+    await asyncio.sleep(0.3)
+    assert not stopping.done() and len(server._connections) == 1  # not closed under its request
+    handler.resolve_next()
+    answer = await asyncio.wait_for(reader.read(), 5.0)  # answered, then closed
+    assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer and answer.endswith(b'"/pending"')
+    await asyncio.wait_for(stopping, 5.0)
+
+
+async def test_a_later_response_is_awaitable_too() -> None:
+    later = Later()
+    asyncio.get_running_loop().call_soon(later.resolve, HttpResponse(204))
+    assert (await later).status == 204
+    assert (await Later(HttpResponse(200))).status == 200

@@ -24,7 +24,10 @@ into batches:
 * the queue is bounded: past ``max_queue_size`` waiting requests new ones are
   refused at once with RESOURCE_EXHAUSTED.
 
-A batch failure fails every request in it with that error. Latency predictions
+A request's answer goes to its *reply*: an asyncio future (:meth:`DynamicBatcher.submit`), or an object
+whose ``set_result`` carries on from there (:meth:`DynamicBatcher.submit_reply`: the HTTP front end writes
+the answer from the batcher's own turn of the event loop, sparing the wake-up of the request's task and the
+turn it waits for). A batch failure fails every request in it with that error. Latency predictions
 come from :attr:`DynamicBatcher.model`, which the owner keeps current (profile
 times a live correction).
 """
@@ -99,6 +102,19 @@ class RowsResult:
     compute_s: float
 
 
+class Reply(Protocol):
+    """Where a request's answer goes: an ``asyncio.Future``, or a continuation run in the batcher's turn (which
+    must not raise: the rest of the batch is answered after it)."""
+
+    def done(self) -> bool:
+        """Answered already, or given up by its caller (then it is not computed)."""
+        ...
+
+    def set_result(self, result: RowsResult, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
 @dataclass(slots=True, eq=False, order=False)
 class _Waiting:
     inputs: Arrays
@@ -107,7 +123,7 @@ class _Waiting:
     deadline_s: float | None
     release_s: float
     """Until when it may wait for others to join its batch."""
-    future: asyncio.Future[RowsResult]
+    future: Reply
     budget_ms: float = math.inf
     """Its latency budget (deadline less arrival); none without a deadline."""
     near_s: float = math.inf
@@ -254,17 +270,23 @@ class DynamicBatcher:
 
     def submit(self, inputs: Arrays, rows: int, deadline_s: float | None = None) -> asyncio.Future[RowsResult]:
         """Queue a request; the returned future resolves with its own rows' outputs."""
+        future: asyncio.Future[RowsResult] = asyncio.get_running_loop().create_future()
+        self.submit_reply(inputs, rows, deadline_s, future)
+        return future
+
+    def submit_reply(self, inputs: Arrays, rows: int, deadline_s: float | None, reply: Reply) -> None:
+        """Queue a request whose answer (its own rows' outputs, or the error) goes to ``reply``. Raises at once
+        (nothing queued) when the batcher is closing or its queue is full."""
         if self._closed:
             raise UnavailableError("the model is unloading and takes no new requests")
         if len(self._queue.heap) >= self._spec.max_queue_size:
             raise ResourceExhaustedError(
                 f"the queue is full ({self._spec.max_queue_size} requests waiting); retry later"
             )
-        future: asyncio.Future[RowsResult] = asyncio.get_running_loop().create_future()
         now = self._clock.now()
         if deadline_s is None:
             release = now + self._spec.max_queue_delay_s if self._holds else now
-            waiting = _Waiting(inputs, rows, now, None, release, future)
+            waiting = _Waiting(inputs, rows, now, None, release, reply)
         else:
             budget_ms = (deadline_s - now) * 1e3
             release = now
@@ -277,14 +299,13 @@ class DynamicBatcher:
                     scale = self.hold_scale * loop.hold_share
                     release += hold_ms(budget_ms, self._max_hold_ms, scale, loop.room, loop.idle) / 1e3
             near_s = near_miss_after(release, deadline_s)
-            waiting = _Waiting(inputs, rows, now, deadline_s, release, future, budget_ms, near_s)
+            waiting = _Waiting(inputs, rows, now, deadline_s, release, reply, budget_ms, near_s)
         self._queue.push(waiting)
         if release <= now and self._dispatch_now():
-            return future
+            return
         until = self._window_until
         if until is None or self._queue.rows >= self.limit or self._latest_start(waiting) < until:
             self._arrival.set()
-        return future
 
     def _latest_start(self, waiting: _Waiting) -> float:
         """The end of the window ``waiting`` allows: its release, or earlier if its deadline needs it."""
@@ -538,8 +559,9 @@ def _answer(batch: list[_Waiting], outputs: Outputs, started: float, compute_s: 
 
 def _fail(batch: list[_Waiting], error: SloserveError) -> None:
     for waiting in batch:
-        if not waiting.future.done():
-            waiting.future.set_exception(error)
-            # The caller may have gone away; don't warn about an exception nobody retrieves.
-            with contextlib.suppress(BaseException):
-                waiting.future.exception()
+        reply = waiting.future
+        if not reply.done():
+            reply.set_exception(error)
+            if isinstance(reply, asyncio.Future):  # the caller may have gone away: no warning about it
+                with contextlib.suppress(BaseException):
+                    reply.exception()

@@ -9,7 +9,8 @@ lives in :mod:`sloserve.dataplane`, wire formats in :mod:`sloserve.protocol`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Coroutine
+import logging
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 import orjson
@@ -17,8 +18,11 @@ import orjson
 from sloserve.dataplane.dataplane import DataPlane
 from sloserve.errors import InvalidArgumentError, NotFoundError, SloserveError
 from sloserve.protocol.http_codec import decode_infer_request, encode_infer_response
+from sloserve.protocol.types import InferRequest, InferResponse
 from sloserve.server.http.errors import HTTP_STATUS, RETRY_AFTER_S
-from sloserve.server.http.serve import HttpRequest, HttpResponse, error_response
+from sloserve.server.http.serve import HttpRequest, HttpResponse, Later, error_response
+
+log = logging.getLogger(__name__)
 
 _HEADER_LENGTH = b"inference-header-content-length"
 
@@ -34,20 +38,20 @@ class HttpApp:
     def __init__(self, dataplane: DataPlane) -> None:
         self._dp = dataplane
 
-    async def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __call__(self, request: HttpRequest) -> Awaitable[HttpResponse]:
+        """The response: a :class:`Later` when it is made without waiting, or is handed over from the batcher's
+        turn (an inference); else a coroutine."""
         try:
             routed = self._route(request)
-            return routed if isinstance(routed, HttpResponse) else await routed
-        except _MethodNotAllowed as error:
-            return error_response(405, error.message)
         except SloserveError as error:
-            retry = RETRY_AFTER_S.get(error.code)
-            response = error_response(HTTP_STATUS[error.code], error.message)
-            if retry is None:
-                return response
-            return HttpResponse(response.status, response.body, headers=((b"retry-after", retry.encode()),))
+            return Later(_error(error))
+        if isinstance(routed, HttpResponse):
+            return Later(routed)
+        if isinstance(routed, Later):
+            return routed
+        return _awaited(routed)
 
-    def _route(self, request: HttpRequest) -> HttpResponse | Coroutine[Any, Any, HttpResponse]:
+    def _route(self, request: HttpRequest) -> HttpResponse | Later | Coroutine[Any, Any, HttpResponse]:
         """The response, or the coroutine that makes it: routing itself never waits, and a request's task
         resumes through every coroutine frame between it and what it awaits (twice a query, at least)."""
         method = request.method
@@ -71,7 +75,7 @@ class HttpApp:
 
     def _models(
         self, method: str, rest: list[str], request: HttpRequest
-    ) -> HttpResponse | Coroutine[Any, Any, HttpResponse]:
+    ) -> HttpResponse | Later | Coroutine[Any, Any, HttpResponse]:
         if rest == ["stats"]:
             _expect(method, "GET")
             return _json(self._dp.model_stats())
@@ -98,17 +102,19 @@ class HttpApp:
             return _json(self._dp.variants(name))
         raise NotFoundError(f"no such endpoint: {request.path}")
 
-    async def _infer(self, name: str, version: str | None, request: HttpRequest) -> HttpResponse:
+    def _infer(self, name: str, version: str | None, request: HttpRequest) -> Later | Coroutine[Any, Any, HttpResponse]:
         raw_length = request.header(_HEADER_LENGTH)
         header_length = None if raw_length is None else _int_header(raw_length, "Inference-Header-Content-Length")
         admit = functools.partial(self._dp.admit, name, version, request.received_s)
         infer_request = decode_infer_request(request.body, header_length, name, version, admit)
         infer_request.received_s = request.received_s
-        response = await self._dp.infer(infer_request)
-        payload, json_length = encode_infer_response(response, infer_request)
-        if json_length is None:
-            return HttpResponse(200, payload)
-        return HttpResponse(200, payload, b"application/octet-stream", ((_HEADER_LENGTH, str(json_length).encode()),))
+        later = Later()
+        outcome = self._dp.infer_soon(infer_request, functools.partial(_answered, later, infer_request))
+        if outcome is None:  # answered from the batcher's turn
+            return later
+        if isinstance(outcome, InferResponse):
+            return Later(_encoded(outcome, infer_request))
+        return _infer_awaited(outcome, infer_request)
 
     async def _repository(self, method: str, rest: list[str], body: bytes) -> HttpResponse:
         _expect(method, "POST")
@@ -123,6 +129,43 @@ class HttpApp:
                 await self._dp.unload_model(rest[1])
             return HttpResponse(200)
         raise NotFoundError(f"no such endpoint: /v2/repository/{'/'.join(rest)}")
+
+
+def _error(error: SloserveError) -> HttpResponse:
+    if isinstance(error, _MethodNotAllowed):
+        return error_response(405, error.message)
+    retry = RETRY_AFTER_S.get(error.code)
+    response = error_response(HTTP_STATUS[error.code], error.message)
+    if retry is None:
+        return response
+    return HttpResponse(response.status, response.body, headers=((b"retry-after", retry.encode()),))
+
+
+async def _awaited(routed: Coroutine[Any, Any, HttpResponse]) -> HttpResponse:
+    try:
+        return await routed
+    except SloserveError as error:
+        return _error(error)
+
+
+def _encoded(response: InferResponse, request: InferRequest) -> HttpResponse:
+    payload, json_length = encode_infer_response(response, request)
+    if json_length is None:
+        return HttpResponse(200, payload)
+    return HttpResponse(200, payload, b"application/octet-stream", ((_HEADER_LENGTH, str(json_length).encode()),))
+
+
+def _answered(later: Later, request: InferRequest, outcome: InferResponse | SloserveError) -> None:
+    """An inference's answer, handed over from the batcher's turn."""
+    try:
+        later.resolve(_error(outcome) if isinstance(outcome, SloserveError) else _encoded(outcome, request))
+    except Exception:
+        log.exception("unexpected error answering %s", request.model_name)
+        later.resolve(error_response(500, "internal server error; see the server log"))
+
+
+async def _infer_awaited(outcome: Coroutine[Any, Any, InferResponse], request: InferRequest) -> HttpResponse:
+    return _encoded(await outcome, request)
 
 
 def _expect(method: str, allowed: str) -> None:

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http
 import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import httptools
 
@@ -75,7 +76,49 @@ class HttpResponse:
     """More headers; content-type, content-length and connection are the server's."""
 
 
+class Later:
+    """A response a handler hands over when it has it, possibly from another callback of the event loop (the
+    data plane's batcher, for an inference): the connection writes it from there and spares waking its task for
+    it (~2.5 µs a request) and the turn the task would wait for. Awaitable, for callers that just want the
+    response."""
+
+    __slots__ = ("_then", "response")
+
+    def __init__(self, response: HttpResponse | None = None) -> None:
+        self.response = response
+        """The response once there is one."""
+        self._then: Callable[[HttpResponse], object] | None = None
+
+    def resolve(self, response: HttpResponse) -> None:
+        if self.response is not None:
+            return
+        self.response = response
+        then, self._then = self._then, None
+        if then is not None:
+            then(response)
+
+    def then(self, callback: Callable[[HttpResponse], object]) -> None:
+        """Call ``callback`` with the response once there is one (now, if there is)."""
+        if self.response is not None:
+            callback(self.response)
+        else:
+            self._then = callback
+
+    def __await__(self) -> Generator[Any, None, HttpResponse]:
+        if self.response is None:
+            future: asyncio.Future[HttpResponse] = asyncio.get_running_loop().create_future()
+            self._then = functools.partial(_settle, future)
+            return (yield from future)
+        return self.response
+
+
+def _settle(future: asyncio.Future[HttpResponse], response: HttpResponse) -> None:
+    if not future.done():  # its awaiter may have been cancelled
+        future.set_result(response)
+
+
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+"""A request's response: a :class:`Later` is written when it resolves, from whichever callback resolves it."""
 
 
 def error_response(status: int, message: str) -> HttpResponse:
@@ -210,6 +253,8 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._received: deque[_Received] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._later: _Received | None = None
+        """The request whose :class:`Later` response is awaited (those behind it wait for it to be written)."""
         self._reading = True
         self._closing = False
         self._writable: asyncio.Future[None] | None = None
@@ -300,7 +345,7 @@ class _Connection(asyncio.Protocol):
         if expect_continue and self._transport is not None:
             if self._refused is not None:  # the client waits before sending the body: refuse it now
                 self._fail(413, f"request body is over the limit of {limit} bytes")
-            elif self._task is None and not self._received:
+            elif self._idle:
                 self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -336,12 +381,17 @@ class _Connection(asyncio.Protocol):
 
     # -- answering -------------------------------------------------------------------------------
 
+    @property
+    def _idle(self) -> bool:
+        """Nothing received is waiting for its answer."""
+        return self._task is None and self._later is None and not self._received
+
     def _enqueue(self, received: _Received) -> None:
         self._received.append(received)
         if len(self._received) >= MAX_PIPELINED and self._reading and self._transport is not None:
             self._transport.pause_reading()
             self._reading = False
-        if self._task is None:
+        if self._task is None and self._later is None:
             self._task = self._loop.create_task(self._answer_all())
 
     def _fail(self, status: int, message: str) -> None:
@@ -353,35 +403,70 @@ class _Connection(asyncio.Protocol):
         self._closing = True
 
     async def _answer_all(self) -> None:
+        """Answer what was received, in order, while the client keeps reading; stop at a response handed over
+        later (:meth:`_write_later` carries on)."""
         try:
-            while self._received:
-                received = self._received.popleft()
-                response = received.answer
-                if response is None:
-                    assert received.request is not None
-                    response = await self._call(received.request)
-                keep_alive = received.keep_alive and not self._server.stopping
-                self._write(response, received, keep_alive)
-                if not keep_alive:
-                    self._close()
-                    return
+            while True:
                 if self._writable is not None:  # the client reads slower than we answer
                     await self._writable
                 if not self._reading and not self._closing and self._transport is not None:
                     self._transport.resume_reading()
                     self._reading = True
+                if not self._received:
+                    return
+                received = self._received.popleft()
+                response = received.answer
+                if response is None:
+                    assert received.request is not None
+                    outcome = self._call(received.request)
+                    if isinstance(outcome, Later):
+                        if outcome.response is None:
+                            self._later = received
+                            outcome.then(self._write_later)
+                            return
+                        response = outcome.response
+                    else:
+                        response = await self._awaited(outcome, received.request)
+                if not self._answer(response, received):
+                    return
         finally:
             self._task = None
             self.last_active = self._loop.time()
             if self._server.stopping:
                 self.close_when_idle()
 
-    async def _call(self, request: HttpRequest) -> HttpResponse:
+    def _call(self, request: HttpRequest) -> Awaitable[HttpResponse]:
         try:
-            return await self._handler(request)
+            return self._handler(request)
+        except Exception:
+            log.exception("unexpected error serving %s %s", request.method, request.path)
+            return Later(error_response(500, "internal server error; see the server log"))
+
+    async def _awaited(self, outcome: Awaitable[HttpResponse], request: HttpRequest) -> HttpResponse:
+        try:
+            return await outcome
         except Exception:
             log.exception("unexpected error serving %s %s", request.method, request.path)
             return error_response(500, "internal server error; see the server log")
+
+    def _write_later(self, response: HttpResponse) -> None:
+        """Write a :class:`Later` response from the callback that resolved it; answer what came in behind it."""
+        received, self._later = self._later, None
+        if received is None:  # aborted meanwhile
+            return
+        self.last_active = self._loop.time()
+        if self._answer(response, received) and (self._received or not self._reading or self._writable is not None):
+            self._task = self._loop.create_task(self._answer_all())
+        elif self._server.stopping:
+            self.close_when_idle()
+
+    def _answer(self, response: HttpResponse, received: _Received) -> bool:
+        """Write ``response``; whether the connection stays open."""
+        keep_alive = received.keep_alive and not self._server.stopping
+        self._write(response, received, keep_alive)
+        if not keep_alive:
+            self._close()
+        return keep_alive
 
     def _write(self, response: HttpResponse, received: _Received, keep_alive: bool) -> None:
         transport = self._transport
@@ -412,12 +497,12 @@ class _Connection(asyncio.Protocol):
 
     def close_when_idle(self) -> None:
         """Close if nothing is being received or answered (else the answer closes it, when stopping)."""
-        if self._task is None and not self._received and not self._in_message:
+        if self._idle and not self._in_message:
             self._close()
 
     def expire(self) -> None:
         """Close for inactivity unless answering (a request half-sent for ``keepalive_s`` is dropped)."""
-        if self._task is None and not self._received:
+        if self._idle:
             self._close()
 
     def _close(self) -> None:
@@ -426,6 +511,7 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
     def abort(self) -> None:
+        self._later = None
         if self._task is not None:
             self._task.cancel()
         if self._transport is not None:

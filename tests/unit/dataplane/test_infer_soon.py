@@ -1,0 +1,99 @@
+"""DataPlane.infer_soon: a queued query's answer handed over from the batcher's turn, not a woken task's."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from sloserve.catalog import CatalogSnapshot, RunningVersion
+from sloserve.dataplane.dataplane import DataPlane
+from sloserve.errors import DeadlineExceededError, NotFoundError, SloserveError
+from sloserve.metrics import ServingMetrics
+from sloserve.model_config import CacheConfig
+from sloserve.protocol.types import InferResponse
+from sloserve.testing import FakeClock, FakeReplica
+from tests.unit.dataplane.test_cache import CONFIG, V1, infer_request, plane_with, snapshot
+
+NO_CACHE = replace(CONFIG, cache=CacheConfig(enabled=False))
+
+
+class Answers:
+    """What ``infer_soon`` hands over, and which task it was running in then."""
+
+    def __init__(self) -> None:
+        self.got: list[InferResponse | SloserveError] = []
+        self.tasks: list[asyncio.Task[object] | None] = []
+        self.arrived = asyncio.Event()
+
+    def __call__(self, outcome: InferResponse | SloserveError) -> None:
+        self.got.append(outcome)
+        self.tasks.append(asyncio.current_task())
+        self.arrived.set()
+
+
+async def turns(n: int) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_a_queued_query_is_answered_from_the_batch_that_ran_it_not_by_waking_its_caller() -> None:
+    plane, fakes, _ = await plane_with(NO_CACHE, replicas=1)
+    answers = Answers()
+    x = np.array([[1.0, 2.0]], np.float32)
+    assert plane.infer_soon(infer_request(x), answers) is None  # queued: the answer comes later
+    assert answers.got == []
+    caller = asyncio.current_task()
+    await answers.arrived.wait()
+    (response,) = answers.got
+    assert isinstance(response, InferResponse)
+    assert response.outputs[0].data.tolist() == [[3.0, 6.0]] and response.parameters["variant"] == "1"
+    assert answers.tasks[0] is not caller and answers.tasks[0] is not None  # the batch's own task
+    assert len(fakes[0].batches) == 1
+    assert plane._loop_lag.in_flight == 0
+    stats = plane.model_stats("m")["model_stats"][0]["inference_stats"]
+    assert stats["success"]["count"] == 1
+    await plane.apply_catalog(CatalogSnapshot())
+
+
+async def test_a_batch_failure_reaches_every_answer_of_it_and_the_metrics() -> None:
+    plane = DataPlane(FakeClock(), ServingMetrics())
+    replica = FakeReplica("waits", 1)  # its batches end when the test says
+    await plane.apply_catalog(snapshot(NO_CACHE, RunningVersion(V1, (replica,))))
+    answers = Answers()
+    for value in (1.0, 2.0, 3.0):
+        assert plane.infer_soon(infer_request(np.array([[value, 0.0]], np.float32)), answers) is None
+    await turns(20)
+    assert [len(b["x"]) for b in replica.batches] == [1]  # the first at once; the others wait for the slot
+    replica.fail(0, DeadlineExceededError("the replica gave up"))
+    await turns(20)
+    assert len(answers.got) == 1 and [len(b["x"]) for b in replica.batches] == [1, 2]
+    replica.fail(1, DeadlineExceededError("the replica gave up"))
+    await turns(20)
+    assert len(answers.got) == 3
+    assert all(isinstance(a, DeadlineExceededError) for a in answers.got)
+    assert plane._loop_lag.in_flight == 0
+    stats = plane.model_stats("m")["model_stats"][0]["inference_stats"]
+    assert stats["fail"]["count"] == 3
+    await plane.apply_catalog(CatalogSnapshot())
+
+
+async def test_what_needs_no_queue_or_must_wait_otherwise_is_returned_not_handed_over() -> None:
+    plane, _, _ = await plane_with(replace(CONFIG, cache=CacheConfig(enabled=True)), replicas=1)
+    answers = Answers()
+    x = np.array([[1.0, 2.0]], np.float32)
+    first = plane.infer_soon(infer_request(x), answers)
+    assert first is None
+    await answers.arrived.wait()
+    cached = plane.infer_soon(infer_request(x), answers)  # the same input: the cache answers at once
+    assert isinstance(cached, InferResponse) and cached.parameters.get("cache") is True
+    split = plane.infer_soon(infer_request(np.ones((9, 2), np.float32)), answers)  # over max_batch_size 4
+    assert asyncio.iscoroutine(split)
+    response = await split
+    assert response.outputs[0].data.shape == (9, 2)
+    assert len(answers.got) == 1  # only the queued query went through the callback
+    with pytest.raises(NotFoundError):  # refused before anything is queued: raised to the caller
+        plane.infer_soon(replace(infer_request(x), model_name="nope"), answers)
+    await plane.apply_catalog(CatalogSnapshot())
