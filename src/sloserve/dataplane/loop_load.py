@@ -56,8 +56,8 @@ class LoopLag:
     A timer every :data:`LAG_PERIOD_S` (backing off to :data:`IDLE_PERIOD_S` while the loop idles); :attr:`lag_ms` is the moving average of how late it fires, less
     :data:`TIMER_SLACK_MS`. On an idle loop that is 0. On one near its limit each turn reads, parses and
     answers more requests than the last, and a request waits for turns of that length between its steps
-    (its batch's turn, its answer): the data plane refuses at once a query whose latency SLO that wait
-    would spend (:meth:`~sloserve.dataplane.dataplane.DataPlane.infer`), which sheds the load the loop cannot
+    (its batch's turn, and its answer's unless the batch's turn writes it): the data plane refuses at once a query
+    whose latency SLO that wait would spend (:meth:`~sloserve.dataplane.dataplane.DataPlane.admit`), which sheds the load the loop cannot
     carry instead of serving everything late. ``clock`` reads seconds."""
 
     def __init__(

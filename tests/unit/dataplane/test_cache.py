@@ -310,7 +310,8 @@ async def test_a_query_read_right_after_the_process_was_stopped_is_refused_for_t
 async def test_the_transport_refuses_for_the_loops_lag_before_decoding_tensors_and_infer_checks_no_more() -> None:
     """Over HTTP the lag check runs once the body is parsed and before its tensors are decoded (so a refusal
     costs the parse alone): a tight query is refused with 429 even when its tensor would not decode. A request
-    the transport admitted is not checked again (its decoding took time the check already allowed for)."""
+    the transport admitted is not checked again (its decoding took time the check already allowed for). HTTP
+    answers from the batch's turn, so it allows for one turn of lag, not two."""
     plane, fakes, clock = await plane_with(CONFIG)
     app = HttpApp(plane)
     plane._loop_lag.lag_ms = 2.0
@@ -320,9 +321,11 @@ async def test_the_transport_refuses_for_the_loops_lag_before_decoding_tensors_a
             "parameters": {"latency_slo_ms": 5},
         }
     )
-    received = clock.now() - 0.0015  # 1.5 + 2 x 2.0 ms >= 5 ms
+    received = clock.now() - 0.0029  # 2.9 + 2.0 ms < 5 ms: admitted, and its tensor refused
+    assert (await app(HttpRequest("POST", "/v2/models/m/infer", [], broken, received))).status == 400
+    received = clock.now() - 0.003  # 3.0 + 1 x 2.0 ms >= 5 ms
     refused = await app(HttpRequest("POST", "/v2/models/m/infer", [], broken, received))
-    assert refused.status == 429 and b"event loop runs ~2.0 ms behind" in refused.body
+    assert refused.status == 429 and b"runs ~2.0 ms behind (a turn for the batch and its answer)" in refused.body
     assert plane._loop_lag.taken == 1  # taken in (for the loop's CPU per request), though infer never ran
     loose = orjson.dumps(
         {

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from sloserve.dataplane.dataplane import DataPlane
+from sloserve.dataplane.dataplane import LAG_TURNS_SOON, DataPlane
 from sloserve.errors import InvalidArgumentError, NotFoundError, SloserveError
 from sloserve.protocol.http_codec import decode_infer_request, encode_infer_response
 from sloserve.protocol.types import InferRequest, InferResponse
@@ -105,7 +105,7 @@ class HttpApp:
     def _infer(self, name: str, version: str | None, request: HttpRequest) -> Later | Coroutine[Any, Any, HttpResponse]:
         raw_length = request.header(_HEADER_LENGTH)
         header_length = None if raw_length is None else _int_header(raw_length, "Inference-Header-Content-Length")
-        admit = functools.partial(self._dp.admit, name, version, request.received_s)
+        admit = functools.partial(self._dp.admit, name, version, request.received_s, turns=LAG_TURNS_SOON)
         infer_request = decode_infer_request(request.body, header_length, name, version, admit)
         infer_request.received_s = request.received_s
         later = Later()
