@@ -178,14 +178,9 @@ class LoopShare(Protocol):
         ...
 
     @property
-    def idle(self) -> float:
-        """How much the loop idles, in [0, 1]: tight classes are held longer (:func:`hold_ms`)."""
-        ...
-
-    @property
     def holdable_ms(self) -> float:
-        """:func:`holdable_ms` of :attr:`room` and :attr:`idle`: a request with less budget is not held, and spared
-        working out by how much."""
+        """:func:`holdable_ms` of :attr:`room`: a request with less budget is not held, and spared working out by
+        how much."""
         ...
 
 
@@ -297,7 +292,7 @@ class DynamicBatcher:
                         release += hold_ms(budget_ms, self._max_hold_ms, self.hold_scale) / 1e3
                 elif budget_ms >= loop.holdable_ms:
                     scale = self.hold_scale * loop.hold_share
-                    release += hold_ms(budget_ms, self._max_hold_ms, scale, loop.room, loop.idle) / 1e3
+                    release += hold_ms(budget_ms, self._max_hold_ms, scale, loop.room) / 1e3
             near_s = near_miss_after(release, deadline_s)
             waiting = _Waiting(inputs, rows, now, deadline_s, release, reply, budget_ms, near_s)
         self._queue.push(waiting)

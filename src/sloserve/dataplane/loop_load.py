@@ -21,7 +21,6 @@ from sloserve.policy.batching import (
     holdable_ms,
     lag_hold_scale,
     loop_hold_scale,
-    loop_idle_scale,
     loop_room,
 )
 
@@ -98,10 +97,8 @@ class LoopLag:
         """:func:`loop_hold_scale` of :attr:`busy`, worked out with it."""
         self.room = 0.0
         """:func:`loop_room` of :attr:`busy`; none until a window has been measured."""
-        self.idle = 0.0
-        """:func:`loop_idle_scale` of :attr:`busy`; none until a window has been measured."""
         self.holdable_ms = holdable_ms(0.0)
-        """:func:`holdable_ms` of :attr:`room` and :attr:`idle`, worked out with them rather than per request."""
+        """:func:`holdable_ms` of :attr:`room`, worked out with it rather than per request."""
         self.in_flight = 0
         """Requests the data plane has taken in and not yet answered (it counts them)."""
         self.taken = 0
@@ -124,7 +121,7 @@ class LoopLag:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.lag_ms = self.stall_ms = self.busy = self.room = self.idle = self.ms_per_request = 0.0
+        self.lag_ms = self.stall_ms = self.busy = self.room = self.ms_per_request = 0.0
         self.hold_share = self._busy_share = 1.0
         self.holdable_ms = holdable_ms(0.0)
 
@@ -158,8 +155,7 @@ class LoopLag:
             self.busy = (cpu - cpu_then) / (now - since)
             self.room = loop_room(self.busy)
             self._busy_share = loop_hold_scale(self.busy)
-            self.idle = loop_idle_scale(self.busy)
-            self.holdable_ms = holdable_ms(self.room, self.idle)
+            self.holdable_ms = holdable_ms(self.room)
             taken, self._taken_then = self.taken - self._taken_then, self.taken
             saturated = self.busy >= LOOP_BUSY_SATURATED and taken
             self.ms_per_request = (cpu - cpu_then) * 1e3 / taken if saturated else 0.0

@@ -18,13 +18,11 @@ intercept of its latency model, and the front end's and the worker's handling,
 which the profile does not see) that a batch of one pays whole: at low load,
 holding the requests of a loose class for a millisecond or two makes batches of
 several and costs less CPU per query. A tight class has slack only while the
-serving process's event loop has *room* (:func:`loop_room` of its busy
-share): its tail under load is what misses, so the reserve and the share of the
-budget a hold may take go from :data:`ROOMY_RESERVE_MS` and :data:`ROOMY_HOLD_FRACTION`
-(a 5 ms class held 1 ms) on a loop at most 65% busy to :data:`HOLD_RESERVE_MS` and
-:data:`SLO_HOLD_FRACTION` (a 5 ms class not held) on one 75% busy, and the reserve
-shrinks to :data:`IDLE_RESERVE_MS` (a 5 ms class held 2 ms) on a loop that mostly idles
-(:func:`loop_idle_scale`). The scale is AIMD too
+serving process's event loop has *room* (:func:`loop_room`, the busy gate below): its tail
+under load is what misses, so the reserve and the share of the budget a hold may take go from
+:data:`ROOMY_RESERVE_MS` and :data:`ROOMY_HOLD_FRACTION` (a 5 ms class held 2 ms, as long as a
+plain 2 ms batching window) on a loop at most 75% busy to :data:`HOLD_RESERVE_MS` and
+:data:`SLO_HOLD_FRACTION` (a 5 ms class not held) on one 85% busy. The scale is AIMD too
 (``hold_scale_update``): it halves after a batch in which a request, once its hold was over,
 took more than ``NEAR_MISS_SHARE`` of the budget it had left (close enough to its deadline that
 the time the batcher cannot see, answering and the network, may push it over) and creeps back
@@ -58,19 +56,17 @@ SLO_HOLD_FRACTION = 0.2
 HOLD_RESERVE_MS = 5.0
 """The part of every SLO a hold never spends on a busy event loop: the latency tail a one-loop server shows
 under load (p99 3-8 ms on 2 cores at 40% of capacity) is there whatever the SLO, so a 5 ms class is not held."""
-ROOMY_RESERVE_MS = 3.0
+ROOMY_RESERVE_MS = 1.0
 ROOMY_HOLD_FRACTION = 0.5
-"""Reserve and share of the budget while the event loop has room (at most 65% busy): a 5 ms class is held
-1 ms. Measured at 20% of capacity (`digits`, half 5 ms, half 25 ms queries): -11% server CPU per query,
-attainment 99.82% against 99.96%; at 40%, where the loop is ~80% busy, the same hold cost 1-2 points."""
-IDLE_RESERVE_MS = 1.0
-"""The reserve while the event loop mostly idles (:func:`loop_idle_scale`): a 5 ms class is held 2 ms, as long
-as a plain 2 ms batching window, where a batch's fixed cost is most of a query's (each batch is a wake-up of
-the loop, its timer and its answers'). Measured at 20% of `digits`' capacity (4,500 queries/s, the loop ~30%
-busy; `benchmarks/paired.py`, 6 reps against 1 ms): 13.7 against 10.0 rows a batch, -2.9 µs of server CPU a
-query (cheaper in 4 of 6), 99.82% within SLO against 99.97%; at 40% (9,000 queries/s) it does not apply:
-15.5 against 15.4 rows, 99.90% against 99.85%. Applied up to ~75% busy it made batches of 25-27 rows at 40%
-and 60% and cost 0.5 points of attainment at 40%."""
+"""Reserve and share of the budget while the event loop has room (:func:`loop_room`): a 5 ms class is held 2 ms,
+as long as `maxbatch`'s 2 ms window (`benchmarks/slo.py`), where a batch's fixed cost is most of a query's (each
+batch is a wake-up of the loop, its timer and its answers'). This once applied only while the loop mostly
+idled (up to 35-45% busy), with a 3 ms reserve (a 5 ms class held 1 ms) up to 65-75%; once HTTP answers were
+written from the batch's own turn, held so up to 75% (`benchmarks/paired.py`, `digits`, 8 reps against the
+tiers): at 40% of capacity (10,700 queries/s) 31.3 against 19.5 rows a batch, -2.3 µs of server CPU a query
+(cheaper in 7 of 8), 99.68% within SLO (lowest rep 99.47%) against 99.85%; at 60% (16,000) 46.2 against 12.7
+rows, -5.0 µs (8 of 8), 99.58% (lowest 98.69%) against 99.70% (lowest 99.13%); at 80% (21,300), where the loop
+is past 85% busy, 17.4 against 17.3 rows, 99.16% against 99.44%, each decided by two bad reps against one."""
 
 
 NEAR_MISS_SHARE = 0.5
@@ -86,26 +82,23 @@ MIN_HOLD_MS = 0.5
 """A shorter hold is none: the event loop's timers have a resolution of a millisecond."""
 
 
-def hold_ms(budget_ms: float, max_hold_ms: float, scale: float = 1.0, room: float = 0.0, idle: float = 0.0) -> float:
+def hold_ms(budget_ms: float, max_hold_ms: float, scale: float = 1.0, room: float = 0.0) -> float:
     """How long a request with ``budget_ms`` of latency SLO may be held for others to join its batch, while the
-    event loop has ``room`` in [0, 1] (:func:`loop_room`) and idles ``idle`` in [0, 1]
-    (:func:`loop_idle_scale`)."""
-    reserve, fraction = _reserve_and_fraction(room, idle)
+    event loop has ``room`` in [0, 1] (:func:`loop_room`)."""
+    reserve, fraction = _reserve_and_fraction(room)
     hold = scale * min(max_hold_ms, fraction * (budget_ms - reserve))
     return hold if hold >= MIN_HOLD_MS else 0.0
 
 
-def holdable_ms(room: float, idle: float = 0.0) -> float:
-    """The least budget :func:`hold_ms` gives a hold to (at full scale and no cap) with ``room`` and ``idle``: a
-    tighter request is not held, and the batcher spares working out by how much."""
-    reserve, fraction = _reserve_and_fraction(room, idle)
+def holdable_ms(room: float) -> float:
+    """The least budget :func:`hold_ms` gives a hold to (at full scale and no cap) with ``room``: a tighter
+    request is not held, and the batcher spares working out by how much."""
+    reserve, fraction = _reserve_and_fraction(room)
     return reserve + MIN_HOLD_MS / fraction
 
 
-def _reserve_and_fraction(room: float, idle: float) -> tuple[float, float]:
-    reserve = (
-        HOLD_RESERVE_MS + room * (ROOMY_RESERVE_MS - HOLD_RESERVE_MS) + idle * (IDLE_RESERVE_MS - ROOMY_RESERVE_MS)
-    )
+def _reserve_and_fraction(room: float) -> tuple[float, float]:
+    reserve = HOLD_RESERVE_MS + room * (ROOMY_RESERVE_MS - HOLD_RESERVE_MS)
     return reserve, SLO_HOLD_FRACTION + room * (ROOMY_HOLD_FRACTION - SLO_HOLD_FRACTION)
 
 
@@ -130,40 +123,14 @@ def loop_hold_scale(busy: float) -> float:
     return min(1.0, max(0.0, (LOOP_BUSY_NO_HOLD - busy) / (LOOP_BUSY_NO_HOLD - LOOP_BUSY_FULL_HOLD)))
 
 
-LOOP_BUSY_ROOMY = 0.65
-LOOP_BUSY_CROWDED = 0.75
-"""The room for holding tight classes goes from whole to none as the serving process's event loop goes from 65%
-of a core busy to 75%; a 5 ms class is held (0.5 ms or more) up to ~69%. At 40% of capacity the loop runs ~50%
-busy, at 60% ~75% (the server's CPU a query times the rate, an upper bound of the loop thread's share; in a slow
-hour, 40% has run 62-67% busy). Past ~50% of capacity a hold buys nothing: batches that are not held already
-have ~10 rows (the loop's turns gather them), and doubling them saved no measurable CPU, while the millisecond
-it took of a 5 ms budget is what a stall of the loop then pushed over. At 60% of `digits`' capacity (14,000
-queries/s; `benchmarks/paired.py`, 8 reps, no tight holds against the gate at 90-100% busy it replaced): 99.58%
-within SLO (lowest rep 99.39%) against 98.97% (lowest 95.95%), 10.0 against 18.6 rows a batch, +1.3 µs of
-server CPU a query; at 40% (9,500) nothing changed (15.9 against 16.2 rows, 99.75 / 99.66%); at 80% (19,000)
-91.75% against 83.97%, both with collapsed reps. In a steady hour the hold was worth having at ~58% (15,500
-queries/s: 2.5 µs a query cheaper at like attainment, 99.58% against 99.69%), but the server's measures (busy
-share, lag, the host's stops) did not tell that hour from the noisy one. The gate was at 65-80% before 90-100%:
-at 40% (6,900 queries/s then) the loop ran 62-67% busy, and moving it up saved 8.8 µs a query there."""
-
-
 def loop_room(busy: float) -> float:
     """The room the event loop has for holding tight classes when it is ``busy`` (CPU s per s), in [0, 1]
-    (:func:`hold_ms`)."""
-    return min(1.0, max(0.0, (LOOP_BUSY_CROWDED - busy) / (LOOP_BUSY_CROWDED - LOOP_BUSY_ROOMY)))
-
-
-LOOP_BUSY_IDLE = 0.35
-LOOP_BUSY_IDLE_END = 0.45
-"""The reserve goes from :data:`IDLE_RESERVE_MS` to :data:`ROOMY_RESERVE_MS` as the event loop goes from 35% of a
-core busy to 45%: at 20% of capacity it runs ~30% busy, at 40% ~50% (the server's CPU a query times the rate,
-`benchmarks/paired.py` on `digits`, 2026-11-24: an upper bound of the loop thread's share)."""
-
-
-def loop_idle_scale(busy: float) -> float:
-    """How much the event loop idles when it is ``busy`` (CPU s per s), in [0, 1]: 1 up to :data:`LOOP_BUSY_IDLE`,
-    0 from :data:`LOOP_BUSY_IDLE_END` (:func:`hold_ms`)."""
-    return min(1.0, max(0.0, (LOOP_BUSY_IDLE_END - busy) / (LOOP_BUSY_IDLE_END - LOOP_BUSY_IDLE)))
+    (:func:`hold_ms`): :func:`loop_hold_scale`, whole up to 75% of a core busy and none from 85%. At 20% of
+    `digits`' capacity the loop runs ~30% busy, at 40% ~50%, at 60% 70-76%, at 80% 85-95% (the server's CPU a
+    query times the rate, an upper bound of the loop thread's share). It went from whole to none between 65%
+    and 75% before (a 3 ms reserve), and the reserve fell to 1 ms only up to 35-45% (see
+    :data:`ROOMY_RESERVE_MS`)."""
+    return loop_hold_scale(busy)
 
 
 LAG_FULL_HOLD_MS = 0.25

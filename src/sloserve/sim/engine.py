@@ -70,7 +70,6 @@ from sloserve.policy.batching import (
     hold_ms,
     hold_scale_update,
     loop_hold_scale,
-    loop_idle_scale,
     loop_room,
     near_miss_after,
 )
@@ -359,7 +358,6 @@ class Simulator:
                 self.config.max_slo_hold_ms,
                 pool.hold_scale * loop_hold_scale(busy),  # the server's busy gate (it has no lag)
                 loop_room(busy),
-                loop_idle_scale(busy),
             )
             self.release[rid] = release = t + hold
             pool.release_at = min(pool.release_at, release)

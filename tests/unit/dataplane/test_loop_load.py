@@ -47,19 +47,19 @@ async def test_the_lag_follows_how_long_the_loop_takes_to_come_round() -> None:
 
 async def test_the_busy_share_is_the_loop_threads_cpu_over_each_window_and_gives_the_room() -> None:
     """``busy`` is CPU seconds per second of the loop's thread over each 100 ms window (clocks faked, the
-    timer real); ``room`` and ``idle`` follow it (none until a window is measured, and once stopped)."""
+    timer real); ``room`` follows it (none until a window is measured, and once stopped)."""
     now, cpu = [0.0], [0.0]
     lag = LoopLag(clock=lambda: now[0], period_s=0.001, cpu=lambda: cpu[0])
-    assert lag.room == 0.0 and lag.idle == 0.0
+    assert lag.room == 0.0
     lag.start()
-    for busy, room, idle in ((0.3, 1.0, 1.0), (0.4, 1.0, 0.5), (1.0, 0.0, 0.0), (0.7, 0.5, 0.0), (0.6, 1.0, 0.0)):
+    for busy, room in ((0.3, 1.0), (0.75, 1.0), (1.0, 0.0), (0.8, 0.5), (0.6, 1.0)):
         now[0] += 0.125  # past the 100 ms window, exactly in binary
         cpu[0] += 0.125 * busy
         await asyncio.sleep(0.005)  # a few looks: one closes the window
         assert lag.busy == pytest.approx(busy) and lag.room == pytest.approx(room)
-        assert lag.idle == pytest.approx(idle) and lag.holdable_ms == pytest.approx(holdable_ms(room, idle))
+        assert lag.holdable_ms == pytest.approx(holdable_ms(room))
     lag.stop()
-    assert lag.busy == 0.0 and lag.room == 0.0 and lag.idle == 0.0 and lag.hold_share == 1.0
+    assert lag.busy == 0.0 and lag.room == 0.0 and lag.hold_share == 1.0
     assert lag.holdable_ms == holdable_ms(0.0)
 
 

@@ -96,26 +96,16 @@ def test_a_request_is_held_a_fifth_of_its_slo_beyond_the_reserve_up_to_the_cap()
 
 
 def test_a_tight_request_is_held_as_the_event_loop_has_room() -> None:
-    from sloserve.policy.batching import hold_ms, loop_room
+    from sloserve.policy.batching import hold_ms, holdable_ms, loop_room
 
-    assert loop_room(0.65) == 1.0 and loop_room(0.7) == pytest.approx(0.5) and loop_room(0.75) == 0.0
-    assert hold_ms(5.0, 2.0, room=1.0) == 1.0  # half of what is left beyond a 3 ms reserve
-    assert hold_ms(5.0, 2.0, room=0.8) == pytest.approx(0.44 * (5.0 - 3.4))  # reserve and share in between
-    assert hold_ms(5.0, 2.0, room=0.6) == 0.0  # 0.46 ms: under the event loop's timer resolution
+    assert loop_room(0.3) == 1.0 and loop_room(0.75) == 1.0 and loop_room(0.8) == pytest.approx(0.5)
+    assert loop_room(0.85) == 0.0 and loop_room(0.95) == 0.0
+    assert hold_ms(5.0, 2.0, room=1.0) == 2.0  # half of what is left beyond a 1 ms reserve: a 2 ms window
+    assert hold_ms(5.0, 2.0, room=0.5) == pytest.approx(0.35 * (5.0 - 3.0))  # reserve and share in between
+    assert hold_ms(5.0, 2.0, room=0.3) == 0.0  # 0.35 ms: under the event loop's timer resolution
     assert hold_ms(10.0, 2.0, room=1.0) == 2.0 and hold_ms(10.0, 2.0, room=0.0) == 1.0
     assert hold_ms(25.0, 2.0, room=1.0) == 2.0  # capped alike
-
-
-def test_a_tight_request_is_held_longer_while_the_event_loop_mostly_idles() -> None:
-    from sloserve.policy.batching import hold_ms, holdable_ms, loop_idle_scale
-
-    assert loop_idle_scale(0.3) == 1.0 and loop_idle_scale(0.45) == 0.0 and loop_idle_scale(0.95) == 0.0
-    assert loop_idle_scale(0.4) == pytest.approx(0.5)
-    assert hold_ms(5.0, 2.0, room=1.0, idle=1.0) == 2.0  # half of what is left beyond a 1 ms reserve
-    assert hold_ms(5.0, 2.0, room=1.0, idle=0.5) == pytest.approx(1.5)  # a 2 ms reserve
-    assert hold_ms(5.0, 2.0, room=1.0, idle=0.0) == 1.0
-    assert hold_ms(25.0, 2.0, room=1.0, idle=1.0) == 2.0  # the cap holds
-    assert holdable_ms(1.0, 1.0) == 2.0 and holdable_ms(1.0) == 4.0
+    assert holdable_ms(1.0) == 2.0 and holdable_ms(0.0) == 7.5
 
 
 def test_the_hold_scale_halves_after_a_near_miss_and_creeps_back() -> None:
@@ -135,14 +125,16 @@ def test_the_hold_scale_halves_after_a_near_miss_and_creeps_back() -> None:
 
 @given(st.floats(0.0, 4.0))
 def test_the_room_for_tight_holds_shrinks_as_the_event_loop_gets_busy(busy: float) -> None:
-    from sloserve.policy.batching import LOOP_BUSY_CROWDED, LOOP_BUSY_ROOMY, hold_ms, loop_room
+    from sloserve.policy.batching import LOOP_BUSY_FULL_HOLD, LOOP_BUSY_NO_HOLD, hold_ms, loop_room
 
     room = loop_room(busy)
-    assert room == 1.0 if busy <= LOOP_BUSY_ROOMY else room < 1.0
-    assert room == 0.0 if busy >= LOOP_BUSY_CROWDED else room > 0.0
+    assert room == 1.0 if busy <= LOOP_BUSY_FULL_HOLD else room < 1.0
+    assert room == 0.0 if busy >= LOOP_BUSY_NO_HOLD else room > 0.0
     assert loop_room(busy + 0.01) <= room
     assert hold_ms(5.0, 2.0, room=loop_room(busy + 0.01)) <= hold_ms(5.0, 2.0, room=room)
-    if busy >= 0.7:  # the loop at ~60% of capacity: a 5 ms class is not held
+    if busy <= 0.75:  # up to ~60% of capacity: a 5 ms class is held as long as a 2 ms batching window
+        assert hold_ms(5.0, 2.0, room=room) == 2.0
+    if busy >= 0.82:  # the loop at ~80% of capacity: a 5 ms class is not held
         assert hold_ms(5.0, 2.0, room=room) == 0.0
 
 
