@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import gc
+import socket
+import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,9 +14,12 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from sloserve.registry.repository import ModelRepository
+from sloserve.runtime.demo import build_digits
 from tests.integration.serverkit import ECHO_TYPES, ServerThread, echo_inputs, reference
 
 
@@ -248,3 +254,42 @@ def test_truncated_binary_body_and_lying_header_length(server: ServerThread, cli
     not_a_number = post(server, "/v2/models/digits/infer", header + data, {"Inference-Header-Content-Length": "x"})
     assert not_a_number.status_code == 400
     assert client.infer("digits", [digits_input(digits_x[:1], True)]).as_numpy("label").shape == (1,)
+
+
+def test_a_query_whose_client_goes_away_while_it_waits_is_not_computed(
+    tmp_path: Path, digits_x: np.ndarray[Any, Any]
+) -> None:
+    repository = tmp_path / "repository"
+    build_digits(ModelRepository(repository))
+    config = orjson.loads((repository / "digits" / "config.json").read_bytes())
+    config["dynamic_batching"]["max_queue_delay_us"] = 400_000  # queries wait 0.4 s for their batch
+    (repository / "digits" / "config.json").write_bytes(orjson.dumps(config))
+    running = ServerThread(repository).start()
+    try:
+        host, port = running.http_url.split(":")
+        body = orjson.dumps(
+            {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": digits_x[0].tolist()}]}
+        )
+        with socket.create_connection((host, int(port))) as gone:  # sends its query, gives up before the answer
+            gone.sendall(
+                b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            time.sleep(0.1)
+        grpc_client = grpcclient.InferenceServerClient(running.grpc_url)
+        try:  # over gRPC, the client's own timeout cancels the call
+            grpc_input = grpcclient.InferInput("input", [1, 64], "FP32")
+            grpc_input.set_data_from_numpy(digits_x[:1])
+            with pytest.raises(InferenceServerException, match="Deadline"):
+                grpc_client.infer("digits", [grpc_input], client_timeout=0.1)
+        finally:
+            grpc_client.close()
+        time.sleep(0.6)  # past their batches' windows
+        answer = httpx.post(f"http://{running.http_url}/v2/models/digits/infer", content=body, timeout=10)
+        assert answer.status_code == 200
+        stats = httpx.get(f"http://{running.http_url}/v2/models/digits/stats").json()["model_stats"][0]
+        assert stats["execution_count"] == 1 and stats["inference_count"] == 1  # only the query still wanted
+        metrics = httpx.get(running.metrics_url).text
+        assert 'sloserve_request_failure_total{model="digits",reason="cancelled"} 2.0' in metrics
+    finally:
+        running.stop()

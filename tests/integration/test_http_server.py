@@ -264,14 +264,19 @@ class Deferring:
     def __init__(self) -> None:
         self.pending: list[tuple[HttpRequest, Later]] = []
         self.called = asyncio.Event()
+        self.cancelled = 0
 
     def __call__(self, request: HttpRequest) -> Awaitable[HttpResponse]:
         self.called.set()
         if request.path == "/now":
             return Later(HttpResponse(200, b'"now"'))
         later = Later()
+        later.work = self
         self.pending.append((request, later))
         return later
+
+    def cancel(self) -> None:  # the work behind a pending response
+        self.cancelled += 1
 
     def resolve_next(self) -> None:
         request, later = self.pending.pop(0)
@@ -338,3 +343,30 @@ async def test_a_later_response_is_awaitable_too() -> None:
     asyncio.get_running_loop().call_soon(later.resolve, HttpResponse(204))
     assert (await later).status == 204
     assert (await Later(HttpResponse(200))).status == 200
+
+
+async def test_a_client_gone_before_its_later_response_cancels_the_work_behind_it(
+    deferring: tuple[HttpServer, Deferring],
+) -> None:
+    server, handler = deferring
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /answered HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.wait_for(handler.called.wait(), 5.0)
+    handler.resolve_next()
+    assert (await asyncio.wait_for(reader.readuntil(b'"/answered"'), 5.0)).startswith(b"HTTP/1.1 200")
+    handler.called.clear()
+    writer.write(b"GET /abandoned HTTP/1.1\r\nHost: x\r\n\r\nGET /behind HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.wait_for(handler.called.wait(), 5.0)
+    assert handler.cancelled == 0  # an answered response's work is not cancelled
+    writer.close()  # the client gives up while its response is still being made
+    for _ in range(100):
+        if handler.cancelled or not server._connections:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert handler.cancelled == 1 and not server._connections
+    assert [r.path for r, _ in handler.pending] == ["/abandoned"]  # the pipelined one behind it never handled
+    _, later = handler.pending.pop()
+    later.resolve(HttpResponse(200, b"late"))  # finishing anyway writes nothing and raises nothing
+    later.cancel()  # nor does cancelling it again
+    assert handler.cancelled == 1

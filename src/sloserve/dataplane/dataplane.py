@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from types import CoroutineType
+from typing import Any, Protocol, cast
 
 from sloserve import __version__
 from sloserve.catalog import CatalogSnapshot, LoadedModel, ModelState, ModelStatus
@@ -312,18 +313,21 @@ class DataPlane:
 
     def infer_soon(
         self, request: InferRequest, answer: Answer
-    ) -> InferResponse | Coroutine[Any, Any, InferResponse] | None:
-        """:meth:`infer` for a transport that can take the answer in any callback: None when the query waits in
-        a batcher's queue and ``answer`` will get its response, or the error it failed with, from the batcher's
-        own turn of the event loop (sparing the wake-up of the caller's task, ~2.5 µs a query, and the turn of
-        reading that comes before it). Otherwise the response (a cached answer) or a coroutine that makes it
-        (a version to start first, or a request split across batches). Errors before it is queued raise."""
+    ) -> InferResponse | CoroutineType[Any, Any, InferResponse] | Pending:
+        """:meth:`infer` for a transport that can take the answer in any callback: the :class:`Pending` query
+        when it waits in a batcher's queue and ``answer`` will get its response, or the error it failed with,
+        from the batcher's own turn of the event loop (sparing the wake-up of the caller's task, ~2.5 µs a
+        query, and the turn of reading that comes before it); the transport cancels it if its client goes away
+        first. Otherwise the response (a cached answer) or a coroutine that makes it (a version to start first,
+        or a request split across batches: a native coroutine, which the transport tells from a query by its
+        exact type, ~0.3 µs a query cheaper than the ``Coroutine`` ABC's check). Errors before it is queued
+        raise."""
         query = self._begin(request)
         if isinstance(query, InferResponse):
             return query
         host = query.host
         if host is None or (host.split_rows > 0 and query.rows > host.split_rows):
-            return self._wait(query)
+            return cast("CoroutineType[Any, Any, InferResponse]", self._wait(query))  # what an async def makes
         query.answer = answer
         try:
             host.batcher.submit_reply(query.inputs, query.rows, query.deadline, query)
@@ -331,7 +335,7 @@ class DataPlane:
             query.refused(error)
             raise
         query.submitted()
-        return None
+        return query
 
     def _begin(self, request: InferRequest) -> InferResponse | _Query:
         """What every query goes through before it waits: the checks, admission, the variant, the cache (a hit
@@ -489,6 +493,15 @@ Answer = Callable[[InferResponse | SloserveError], None]
 """Where :meth:`DataPlane.infer_soon` hands a query's response, or the error it failed with."""
 
 
+class Pending(Protocol):
+    """A query :meth:`DataPlane.infer_soon` left waiting in a batcher's queue."""
+
+    def cancel(self) -> None:
+        """Its client went away: it is not computed if its batch has not been taken yet, nor answered, and it
+        counts as a failure with reason ``cancelled`` (as a gRPC call the client cancels)."""
+        ...
+
+
 class _Query:
     """One inference from its checks to its answer: what the data plane does with its result (metrics,
     statistics, the cache, the response). Also the batcher's reply for :meth:`DataPlane.infer_soon`, carrying on
@@ -584,6 +597,14 @@ class _Query:
 
     # -- the batcher's reply (infer_soon) ---------------------------------------------------------
 
+    def cancel(self) -> None:
+        """:meth:`Pending.cancel`: done, so the batcher skips it when it takes its batch."""
+        if self._done:
+            return
+        self._done = True
+        self.answer = None
+        self.failed(None)
+
     def done(self) -> bool:
         return self._done
 
@@ -603,9 +624,10 @@ class _Query:
         self._hand_over(error)
 
     def _hand_over(self, outcome: InferResponse | SloserveError) -> None:
-        assert self.answer is not None
+        answer, self.answer = self.answer, None  # no cycle left through the transport's callback
+        assert answer is not None
         try:
-            self.answer(outcome)
+            answer(outcome)
         except Exception:
             log.exception("unexpected error handing over an answer of %s", self.name)
 

@@ -43,7 +43,8 @@ async def test_a_queued_query_is_answered_from_the_batch_that_ran_it_not_by_waki
     plane, fakes, _ = await plane_with(NO_CACHE, replicas=1)
     answers = Answers()
     x = np.array([[1.0, 2.0]], np.float32)
-    assert plane.infer_soon(infer_request(x), answers) is None  # queued: the answer comes later
+    pending = plane.infer_soon(infer_request(x), answers)  # queued: the answer comes later
+    assert not isinstance(pending, InferResponse) and not asyncio.iscoroutine(pending)
     assert answers.got == []
     caller = asyncio.current_task()
     await answers.arrived.wait()
@@ -64,7 +65,7 @@ async def test_a_batch_failure_reaches_every_answer_of_it_and_the_metrics() -> N
     await plane.apply_catalog(snapshot(NO_CACHE, RunningVersion(V1, (replica,))))
     answers = Answers()
     for value in (1.0, 2.0, 3.0):
-        assert plane.infer_soon(infer_request(np.array([[value, 0.0]], np.float32)), answers) is None
+        plane.infer_soon(infer_request(np.array([[value, 0.0]], np.float32)), answers)
     await turns(20)
     assert [len(b["x"]) for b in replica.batches] == [1]  # the first at once; the others wait for the slot
     replica.fail(0, DeadlineExceededError("the replica gave up"))
@@ -85,7 +86,7 @@ async def test_what_needs_no_queue_or_must_wait_otherwise_is_returned_not_handed
     answers = Answers()
     x = np.array([[1.0, 2.0]], np.float32)
     first = plane.infer_soon(infer_request(x), answers)
-    assert first is None
+    assert not isinstance(first, InferResponse) and not asyncio.iscoroutine(first)  # queued
     await answers.arrived.wait()
     cached = plane.infer_soon(infer_request(x), answers)  # the same input: the cache answers at once
     assert isinstance(cached, InferResponse) and cached.parameters.get("cache") is True
@@ -96,4 +97,32 @@ async def test_what_needs_no_queue_or_must_wait_otherwise_is_returned_not_handed
     assert len(answers.got) == 1  # only the queued query went through the callback
     with pytest.raises(NotFoundError):  # refused before anything is queued: raised to the caller
         plane.infer_soon(replace(infer_request(x), model_name="nope"), answers)
+    await plane.apply_catalog(CatalogSnapshot())
+
+
+async def test_a_query_cancelled_while_it_waits_is_not_computed_nor_answered_and_counts_as_cancelled() -> None:
+    metrics = ServingMetrics()
+    plane = DataPlane(FakeClock(), metrics)
+    replica = FakeReplica("waits", 1)  # its batches end when the test says
+    await plane.apply_catalog(snapshot(NO_CACHE, RunningVersion(V1, (replica,))))
+    answers = Answers()
+    plane.infer_soon(infer_request(np.array([[1.0, 0.0]], np.float32)), answers)  # runs at once
+    gone = plane.infer_soon(infer_request(np.array([[2.0, 0.0]], np.float32)), answers)  # waits for the slot
+    kept = plane.infer_soon(infer_request(np.array([[3.0, 0.0]], np.float32)), answers)
+    await turns(20)
+    assert [len(b["x"]) for b in replica.batches] == [1]
+    assert not isinstance(gone, InferResponse) and not asyncio.iscoroutine(gone)
+    gone.cancel()  # its client went away
+    gone.cancel()  # twice is once
+    assert plane._loop_lag.in_flight == 2
+    replica.complete(0, {"y": replica.batches[0]["x"]})
+    await turns(20)
+    assert [b["x"][:, 0].tolist() for b in replica.batches] == [[1.0], [3.0]]  # the next batch without it
+    replica.complete(1, {"y": replica.batches[1]["x"]})
+    await turns(20)
+    assert len(answers.got) == 2 and all(isinstance(a, InferResponse) for a in answers.got)
+    assert [a.outputs[0].data[0, 0] for a in answers.got if isinstance(a, InferResponse)] == [1.0, 3.0]
+    assert plane._loop_lag.in_flight == 0
+    assert 'sloserve_request_failure_total{model="m",reason="cancelled"} 1.0' in metrics.exposition().decode()
+    del kept
     await plane.apply_catalog(CatalogSnapshot())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Coroutine
+from types import CoroutineType
 from typing import Any
 
 import orjson
@@ -110,11 +111,12 @@ class HttpApp:
         infer_request.received_s = request.received_s
         later = Later()
         outcome = self._dp.infer_soon(infer_request, functools.partial(_answered, later, infer_request))
-        if outcome is None:  # answered from the batcher's turn
-            return later
         if isinstance(outcome, InferResponse):
             return Later(_encoded(outcome, infer_request))
-        return _infer_awaited(outcome, infer_request)
+        if isinstance(outcome, CoroutineType):
+            return _infer_awaited(outcome, infer_request)
+        later.work = outcome  # queued: answered from the batcher's turn, dropped if the client goes first
+        return later
 
     async def _repository(self, method: str, rest: list[str], body: bytes) -> HttpResponse:
         _expect(method, "POST")

@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import httptools
 
@@ -76,23 +76,42 @@ class HttpResponse:
     """More headers; content-type, content-length and connection are the server's."""
 
 
+class Cancellable(Protocol):
+    """Work that makes a :class:`Later` response (the data plane's queued query)."""
+
+    def cancel(self) -> None:
+        """Nobody wants its result any more: drop what is not done yet."""
+        ...
+
+
 class Later:
     """A response a handler hands over when it has it, possibly from another callback of the event loop (the
     data plane's batcher, for an inference): the connection writes it from there and spares waking its task for
     it (~2.5 µs a request) and the turn the task would wait for. Awaitable, for callers that just want the
-    response."""
+    response. If its client goes away first, the connection cancels it (:meth:`cancel`), and its ``work``."""
 
-    __slots__ = ("_then", "response")
+    __slots__ = ("_then", "response", "work")
 
     def __init__(self, response: HttpResponse | None = None) -> None:
         self.response = response
         """The response once there is one."""
         self._then: Callable[[HttpResponse], object] | None = None
+        self.work: Cancellable | None = None
+        """What makes the response, if it can be dropped: a query waiting in a batcher's queue is then not
+        computed (a client that disconnects while it waits, e.g. on its own timeout, costs nothing more)."""
+
+    def cancel(self) -> None:
+        """Its client went away before the response: the response is not wanted, nor its ``work`` done."""
+        self._then = None
+        work, self.work = self.work, None
+        if work is not None and self.response is None:
+            work.cancel()
 
     def resolve(self, response: HttpResponse) -> None:
         if self.response is not None:
             return
         self.response = response
+        self.work = None  # done: and no cycle left (the work holds its answer's callback, which holds this)
         then, self._then = self._then, None
         if then is not None:
             then(response)
@@ -254,7 +273,9 @@ class _Connection(asyncio.Protocol):
         self._received: deque[_Received] = deque()
         self._task: asyncio.Task[None] | None = None
         self._later: _Received | None = None
-        """The request whose :class:`Later` response is awaited (those behind it wait for it to be written)."""
+        """The request whose :class:`Later` response is awaited (those behind it wait for it to be written) ..."""
+        self._awaited_later: Later | None = None
+        """... and that response, cancelled if the client goes away first."""
         self._reading = True
         self._closing = False
         self._writable: asyncio.Future[None] | None = None
@@ -282,6 +303,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._received.clear()
+        self._drop_later()
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
         self._server.closed(self)
@@ -421,7 +443,7 @@ class _Connection(asyncio.Protocol):
                     outcome = self._call(received.request)
                     if isinstance(outcome, Later):
                         if outcome.response is None:
-                            self._later = received
+                            self._later, self._awaited_later = received, outcome
                             outcome.then(self._write_later)
                             return
                         response = outcome.response
@@ -451,7 +473,7 @@ class _Connection(asyncio.Protocol):
 
     def _write_later(self, response: HttpResponse) -> None:
         """Write a :class:`Later` response from the callback that resolved it; answer what came in behind it."""
-        received, self._later = self._later, None
+        received, self._later, self._awaited_later = self._later, None, None
         if received is None:  # aborted meanwhile
             return
         self.last_active = self._loop.time()
@@ -510,8 +532,14 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
+    def _drop_later(self) -> None:
+        """The client is gone: the response it awaits is not wanted (nor computed, if it can still be spared)."""
+        later, self._later, self._awaited_later = self._awaited_later, None, None
+        if later is not None:
+            later.cancel()
+
     def abort(self) -> None:
-        self._later = None
+        self._drop_later()
         if self._task is not None:
             self._task.cancel()
         if self._transport is not None:
