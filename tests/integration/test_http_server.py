@@ -265,9 +265,12 @@ class Deferring:
         self.pending: list[tuple[HttpRequest, Later]] = []
         self.called = asyncio.Event()
         self.cancelled = 0
+        self.tasks: list[asyncio.Task[object] | None] = []
+        """The task each call ran in (None: a callback of the loop, such as the connection's read)."""
 
     def __call__(self, request: HttpRequest) -> Awaitable[HttpResponse]:
         self.called.set()
+        self.tasks.append(asyncio.current_task())
         if request.path == "/now":
             return Later(HttpResponse(200, b'"now"'))
         later = Later()
@@ -370,3 +373,26 @@ async def test_a_client_gone_before_its_later_response_cancels_the_work_behind_i
     later.resolve(HttpResponse(200, b"late"))  # finishing anyway writes nothing and raises nothing
     later.cancel()  # nor does cancelling it again
     assert handler.cancelled == 1
+
+
+async def test_a_request_with_nothing_ahead_is_handled_in_the_read_that_completed_it_not_in_a_task(
+    deferring: tuple[HttpServer, Deferring], echo: tuple[HttpServer, Echo]
+) -> None:
+    server, handler = deferring
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /now HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await asyncio.wait_for(reader.readuntil(b'"now"'), 5.0)).startswith(b"HTTP/1.1 200")
+    writer.write(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /now HTTP/1.1\r\nHost: x\r\n\r\n")
+    for _ in range(100):
+        if handler.pending:
+            break
+        await asyncio.sleep(0.01)
+    handler.resolve_next()
+    await asyncio.wait_for(reader.readuntil(b'"/first"'), 5.0)
+    await asyncio.wait_for(reader.readuntil(b'"now"'), 5.0)
+    assert handler.tasks[:2] == [None, None]  # each read on an idle connection: no task made for it
+    assert len(handler.tasks) == 3 and handler.tasks[2] is not None  # pipelined behind a pending one: a task
+    writer.close()
+    echo_server, _ = echo  # a handler that is a coroutine is awaited in a task, its answer as before
+    data = await exchange(echo_server.port, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert [orjson.loads(body)["path"] for _, body in responses(data)] == ["/a", "/b"]

@@ -1,4 +1,7 @@
-"""A lean HTTP/1.1 server: httptools parses, one task per connection answers in order.
+"""A lean HTTP/1.1 server: httptools parses; a request with nothing ahead of it on its connection is handled in
+the callback that read it (a :class:`Later` response written from whichever callback resolves it), and a
+task answers in order only what has to wait (pipelined requests, a handler that is a coroutine, a client that
+reads slowly).
 
 Why not uvicorn: ASGI's per-request machinery (a scope dict, receive/send
 coroutines, proxy-header middleware, headers and body written as two TCP segments)
@@ -409,6 +412,9 @@ class _Connection(asyncio.Protocol):
         return self._task is None and self._later is None and not self._received
 
     def _enqueue(self, received: _Received) -> None:
+        if self._task is None and self._later is None and not self._received and self._writable is None:
+            self._answer_now(received)
+            return
         self._received.append(received)
         if len(self._received) >= MAX_PIPELINED and self._reading and self._transport is not None:
             self._transport.pause_reading()
@@ -424,10 +430,47 @@ class _Connection(asyncio.Protocol):
         self._enqueue(_Received(None, error_response(status, message), keep_alive=False, http10=False))
         self._closing = True
 
-    async def _answer_all(self) -> None:
-        """Answer what was received, in order, while the client keeps reading; stop at a response handed over
-        later (:meth:`_write_later` carries on)."""
+    def _answer_now(self, received: _Received) -> None:
+        """Handle a request with nothing ahead of it on its connection from the callback that read it: its
+        response written now, or handed over later, or awaited in a task only when the handler needs one.
+
+        A task per request (what every request took before) cost a task's creation and first step, and the
+        handler ran only after every connection read in the same poll had been parsed: with many connections
+        each request then waited for the others' reading before it was decoded, admitted and queued."""
+        started = self._start(received)
+        if started is None:  # handed over later
+            return
+        if isinstance(started, HttpResponse):
+            if self._answer(started, received) and self._server.stopping:
+                self.close_when_idle()
+            self.last_active = self._loop.time()
+            return
+        self._task = self._loop.create_task(self._answer_all((received, started)))
+
+    def _start(self, received: _Received) -> HttpResponse | Awaitable[HttpResponse] | None:
+        """Call the handler for ``received``: its response if there is one now, None if it will be handed over
+        (:meth:`_write_later` writes it), else what to await for it."""
+        if received.answer is not None:
+            return received.answer
+        assert received.request is not None
+        outcome = self._call(received.request)
+        if isinstance(outcome, Later):
+            if outcome.response is None:
+                self._later, self._awaited_later = received, outcome
+                outcome.then(self._write_later)
+            return outcome.response
+        return outcome
+
+    async def _answer_all(self, first: tuple[_Received, Awaitable[HttpResponse]] | None = None) -> None:
+        """Answer what was received, in order, while the client keeps reading (``first``: a request whose
+        handler was called already, and what to await for its response); stop at a response handed over later
+        (:meth:`_write_later` carries on)."""
         try:
+            if first is not None:
+                received, outcome = first
+                assert received.request is not None
+                if not self._answer(await self._awaited(outcome, received.request), received):
+                    return
             while True:
                 if self._writable is not None:  # the client reads slower than we answer
                     await self._writable
@@ -437,19 +480,13 @@ class _Connection(asyncio.Protocol):
                 if not self._received:
                     return
                 received = self._received.popleft()
-                response = received.answer
-                if response is None:
+                started = self._start(received)
+                if started is None:
+                    return
+                if not isinstance(started, HttpResponse):
                     assert received.request is not None
-                    outcome = self._call(received.request)
-                    if isinstance(outcome, Later):
-                        if outcome.response is None:
-                            self._later, self._awaited_later = received, outcome
-                            outcome.then(self._write_later)
-                            return
-                        response = outcome.response
-                    else:
-                        response = await self._awaited(outcome, received.request)
-                if not self._answer(response, received):
+                    started = await self._awaited(started, received.request)
+                if not self._answer(started, received):
                     return
         finally:
             self._task = None
