@@ -4,18 +4,29 @@
                                   [--path modelless|VERSION] [--window-ms 10] [--env JSON]
 
 Starts one `sloserve serve` on a copy of a model registered by `slo.py --workdir` (the same DIR reuses it)
-with a `sitecustomize` on its `PYTHONPATH` that records, for every HTTP request, when its bytes were parsed
-(`received_s`), when its handler started (a turn of the event loop later) and when its answer was ready.
+with a `sitecustomize` on its `PYTHONPATH` (after any `--env` gives) that records, without changing the
+server's path (its handler still runs in the read that completed a request, its answer is still handed over
+from the batcher's turn): for every HTTP request, when its bytes were parsed (`received_s`), when its handler
+started and when its answer was ready; every look of the event loop's `LoopLag` (lag, stall, busy share,
+requests in flight, and the loop thread's time waiting for a CPU from `/proc/thread-self/schedstat`); every
+batcher hold; and every inline batch (rows, variant, its compute, and its time with the answers it writes).
 Then runs `--reps` seeded open-loop reps of `slo.py`'s load (half tight, half loose) and records each query's
-scheduled time, send, answer and status client-side (429s split by why: waited to be read, the loop's lag, its backlog,
-no variant in time). It prints one line per rep and, for the worst rep, per window of `--window-ms` where
-it missed: queries sent, the server's wait from parse to handler (the loop's turn) and the handler's time
-(the batcher's turn, the compute, the answer's turn), at p50 / p90, and the answers by status.
+scheduled time, send, answer and status client-side (429s split by why: waited to be read, the loop's lag or
+a stall, its backlog, no variant in time). It prints one line per rep and, for the worst rep, per window of
+`--window-ms` where a query missed: queries sent and the share within SLO, the server's wait from parse to
+handler and the handler's time (hold, batch, answer) at p50 / p90, the answers by status, the loop's looks,
+the time held, and the inline batches.
 
-What it showed (`digits`, model-less, 11,000 queries/s, 2-core VM): in a good window a handler starts
-0.2-0.5 ms after its request is parsed and takes 0.5-0.9 ms; in a bad one it starts 2-10 ms after and takes
-5-6 ms, so a query needs about three turns of the loop, and a turn's length is the loop's fixed cost over its
-idle share. The recording costs a few µs a query; compare builds with `paired.py`, not with this.
+What it showed (`digits`, model-less, 22,000 queries/s, about the event loop's capacity in that hour; session
+26): in a good 20 ms window ~10 inline batches of ~45 rows take 8 ms with their answers (the compute itself
+0.4 ms: the answers' encoding and sends are the batch's cost), and the loop looks ~0.3 ms late. In a bad rep,
+a burst makes the loop's turns longer (lag 2-4 ms), every one of the client's 256 connections has a request
+in flight, and the handler takes 10-14 ms while nothing is refused (the loop's busy share read 0.91-0.94, under
+the backlog check's 0.95, with the thread never waiting for a CPU); then the lag passes the tight class's 5 ms
+and the loop refuses half the load for 300-500 ms, running 2-4 batches of 64 rows per window, at most 2 ms of
+batches (`INLINE_TURN_S`) a turn. Earlier (11,000 queries/s, before the handler ran in the read callback):
+a query needed about three turns of the loop, and a turn's length is the loop's fixed cost over its idle
+share. The recording costs a few µs a query; compare builds with `paired.py`, not with this.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import signal
 import subprocess
@@ -48,17 +60,89 @@ if "serve" in sys.argv and os.environ.get("SLOSERVE_TIMELINE"):
     _call = _serve._Connection._call
     _clock = time.perf_counter  # CLOCK_MONOTONIC, as the server's clock and the generator's
 
-    async def _timed(self, request):
+    def _timed(self, request):  # not a coroutine: the server's own path (a Later handed over) stays as it is
         started = _clock()
-        response = await _call(self, request)
-        _rows.append((request.received_s or started, started, _clock(), response.status))
-        return response
+        outcome = _call(self, request)
+        done = lambda response: _rows.append((request.received_s or started, started, _clock(), response.status))
+        if isinstance(outcome, _serve.Later):  # one callback each: the connection's goes on a Later of ours
+            ours = _serve.Later()
+            ours.work = outcome  # cancelled with ours
+            outcome.then(lambda response: (done(response), ours.resolve(response)))
+            return ours
+
+        async def _awaited():
+            response = await outcome
+            done(response)
+            return response
+
+        return _awaited()
 
     _serve._Connection._call = _timed
-    atexit.register(lambda: __import__("numpy").save(os.environ["SLOSERVE_TIMELINE"], __import__("numpy").array(_rows)))
+    from sloserve.dataplane import batcher as _batcher, loop_load as _loop_load
+    _looks, _batches = [], []
+    _look, _inline = _loop_load.LoopLag._look, _batcher.DynamicBatcher._run_inline
+
+    _sched = []
+
+    def _looked(self):  # and the loop thread's time waiting for a CPU (/proc schedstat, ns), ~1 us a look
+        _look(self)
+        if not _sched:
+            _sched.append(os.open("/proc/thread-self/schedstat", os.O_RDONLY))
+        waited = int(os.pread(_sched[0], 64, 0).split()[1]) / 1e6
+        _looks.append((_clock(), self.lag_ms, self.stall_ms, self.busy, self.in_flight, waited))
+
+    _variants = {}
+    from sloserve.dataplane import replica_set as _replica_set
+    _run_inline = _replica_set.ReplicaSet.run_inline
+    _computed = [0.0]
+
+    def _compute(self, inputs):
+        started = _clock()
+        try:
+            return _run_inline(self, inputs)
+        finally:
+            _computed[0] = _clock() - started
+
+    _replica_set.ReplicaSet.run_inline = _compute
+    _wait_window, _holds = _batcher.DynamicBatcher._wait_window, []
+
+    async def _held(self):
+        started = _clock()
+        held = await _wait_window(self)
+        if held:
+            _holds.append((started, _clock()))
+        return held
+
+    _batcher.DynamicBatcher._wait_window = _held
+
+    def _ran(self, batch):
+        started = _clock()
+        _computed[0] = 0.0
+        _inline(self, batch)
+        name = str(self._replicas.replicas[0].id).rsplit("/", 1)[0] if self._replicas.replicas else "?"
+        _batches.append(
+            (started, _clock(), sum(w.rows for w in batch), _variants.setdefault(name, len(_variants)), _computed[0])
+        )
+
+    _loop_load.LoopLag._look, _batcher.DynamicBatcher._run_inline = _looked, _ran
+
+    def _save():
+        import numpy
+        out = os.environ["SLOSERVE_TIMELINE"]
+        numpy.save(out, numpy.array(_rows))
+        numpy.save(out + ".looks.npy", numpy.array(_looks).reshape(-1, 6))
+        numpy.save(out + ".batches.npy", numpy.array(_batches).reshape(-1, 5))
+        numpy.save(out + ".holds.npy", numpy.array(_holds).reshape(-1, 2))
+        with open(out + ".variants.txt", "w") as names:
+            names.write("\\n".join(_variants))
+
+    atexit.register(_save)
 """
-_WHY = {b"waited": 1, b"saturated": 4, b"event loop": 2}
-"""429 reasons by their message (else 3: no variant predicted in time)."""
+
+_WHY = {b"for the server to read it": 1, b"saturated": 4, b"event loop": 2}
+"""429 reasons by their message, first match (else 3: no variant predicted in time). The lag's and the stall's
+messages also say how long the request waited to be read: only the first, which refuses on that alone, says
+"for the server to read it"."""
 
 
 async def _open_loop(
@@ -160,7 +244,8 @@ def main() -> None:
         (hook / "sitecustomize.py").write_text(RECORDER)
         server_rows = Path(tmp) / "server.npy"
         repo, home = paired.copy_model(base, args.workdir / "timeline" / args.model)
-        env = {"PYTHONPATH": str(hook), "SLOSERVE_TIMELINE": str(server_rows), **json.loads(args.env)}
+        env = {"SLOSERVE_TIMELINE": str(server_rows), **json.loads(args.env)}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(hook)) if p)  # the recorder too
         proc, port = slo.start_server(repo, home, home.parent / "server.log", extra_env=env)
         reps = []
         try:
@@ -175,7 +260,7 @@ def main() -> None:
                 why = [int(np.sum(rows[:, 5] == code)) for code in (1, 2, 4, 3)]
                 print(
                     f"rep {rep + 1}: {met.mean():.2%} within SLO; late {int(np.sum((rows[:, 3] == 200) & ~met))}, "
-                    f"429 {sum(why)} (waited to be read {why[0]}, loop lag {why[1]}, saturated {why[2]}, no variant {why[3]}), "
+                    f"429 {sum(why)} (waited to be read {why[0]}, loop lag or stall {why[1]}, saturated {why[2]}, no variant {why[3]}), "
                     f"504 {int(np.sum(rows[:, 3] == 504))}",
                     flush=True,
                 )
@@ -184,6 +269,10 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
         server = np.load(server_rows)
+        looks = np.load(f"{server_rows}.looks.npy")
+        batches = np.load(f"{server_rows}.batches.npy")
+        variants = Path(f"{server_rows}.variants.txt").read_text().splitlines()
+        holds = np.load(f"{server_rows}.holds.npy")
     attained, rep, origin, rows, met = min(reps, key=lambda r: r[0])
     step = args.window_ms / 1e3
     received, called, answered, status = (
@@ -193,7 +282,12 @@ def main() -> None:
         server[:, 3],
     )
     print(f"\nworst rep {rep + 1} ({attained:.2%}), per {args.window_ms:g} ms window where a query missed:")
-    print("  ms  sent  met | parse->handler p50 p90 ms | handler p50 p90 ms | answered 200 429 504")
+    looked = looks[:, 0] - origin
+    ran = batches[:, 0] - origin
+    print(
+        "  ms  sent  met | parse->handler p50 p90 ms | handler p50 p90 ms | answered 200 429 504 |"
+        " loop: lag ms, stall ms, busy, in flight, waited for a CPU | inline batches, rows, compute ms"
+    )
     for lo in np.arange(0.0, args.seconds, step):
         sent = (rows[:, 0] >= lo) & (rows[:, 0] < lo + step)
         if not sent.any() or met[sent].all():
@@ -204,8 +298,42 @@ def main() -> None:
         print(
             f"{lo * 1e3:5.0f} {int(sent.sum()):5d} {met[sent].mean():4.0%} | {_pct(wait, 50):10.2f} {_pct(wait, 90):6.2f} |"
             f" {_pct(run, 50):8.2f} {_pct(run, 90):6.2f} | {int(np.sum(status[done] == 200)):10d}"
-            f" {int(np.sum(status[done] == 429)):3d} {int(np.sum(status[done] == 504)):3d}"
+            f" {int(np.sum(status[done] == 429)):3d} {int(np.sum(status[done] == 504)):3d} |"
+            f" {_window(looks, looked, lo, step)} | {_held_ms(holds - origin, lo, step):5.1f} |"
+            f" {_batches(batches, ran, lo, step, variants)}"
         )
+
+
+def _window(looks: np.ndarray[Any, Any], at: np.ndarray[Any, Any], lo: float, step: float) -> str:
+    """The loop's looks in a window: lag (mean, max), stalls (sum), busy (last), requests in flight (max), and
+    the share of the window its thread waited for a CPU."""
+    inside = (at >= lo) & (at < lo + step)
+    w = looks[inside]
+    if not len(w):
+        return "no look".rjust(36)
+    first = int(np.argmax(inside))
+    waited = (w[-1, 5] - looks[max(first - 1, 0), 5]) / (step * 1e3)
+    return (
+        f"{w[:, 1].mean():4.1f}-{w[:, 1].max():4.1f} {w[:, 2].sum():5.1f} {w[:, 3][-1]:4.2f} {int(w[:, 4].max()):4d}"
+        f" {waited:4.0%}"
+    )
+
+
+def _held_ms(holds: np.ndarray[Any, Any], lo: float, step: float) -> float:
+    """How long the batchers held batches for more requests within a window, summed (ms)."""
+    return float(np.clip(np.minimum(holds[:, 1], lo + step) - np.maximum(holds[:, 0], lo), 0, None).sum() * 1e3)
+
+
+def _batches(batches: np.ndarray[Any, Any], at: np.ndarray[Any, Any], lo: float, step: float, names: list[str]) -> str:
+    """The inline batches started in a window: how many, their mean rows, their time with the answers and the
+    compute alone summed, by variant."""
+    b = batches[(at >= lo) & (at < lo + step)]
+    if not len(b):
+        return "none"
+    which = " ".join(f"{names[int(v)]}:{int(np.sum(b[:, 3] == v))}" for v in np.unique(b[:, 3]))
+    return (
+        f"{len(b):3d} {b[:, 2].mean():5.1f} {(b[:, 1] - b[:, 0]).sum() * 1e3:5.2f} {b[:, 4].sum() * 1e3:5.2f} {which}"
+    )
 
 
 if __name__ == "__main__":
