@@ -79,9 +79,19 @@ _TIMER_GRAIN_S = MIN_HOLD_MS / 1e3
 _HOLDABLE_MS = holdable_ms(0.0)
 """The least latency budget :func:`hold_ms` can give a hold to on a busy loop (7.5 ms): a tighter request is not
 held, and spared working out by how much."""
-INLINE_TURN_S = 0.002
+INLINE_TURN_S = 0.02
 """With inline replicas the batcher runs batches in its own turn of the event loop, one after another while
-requests wait, for at most this long before it lets the loop read and answer (see :meth:`DynamicBatcher._loop`)."""
+requests wait, for at most this long before it lets the loop read more (see :meth:`DynamicBatcher._loop`): in
+practice it runs what waited when its turn began (nothing new arrives while it computes), and the bound only
+keeps a model that is slow to compute from holding the loop longer.
+
+It was 2 ms. Near the loop's capacity a burst then left more waiting than 2 ms of batches (with their answers'
+sends: 17 µs a row for `digits`) could run, and each turn read for longer than the last while the batches
+stayed at 2 ms of it: turns of 5-12 ms, the tight class refused on the loop's lag for 300-500 ms
+(`benchmarks/timeline.py`, 22,000 queries/s, about the loop's capacity that hour). Running what waits ends
+such a stretch in ~100 ms. Paired (`benchmarks/paired.py`, `digits`, session 26): at 16,000 queries/s
+99.12% against 98.27% and 2 µs a query cheaper (11 of 12 reps), with 36 rows a batch against 25; at 22,000
+98.0% against 97.5% over 36 reps, the lowest rep 96.7% against 87.6% in 24 of them; at 5,400 the same."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,11 +350,11 @@ class DynamicBatcher:
         once a replica slot is free. A replica that computes inline would only add turns of the loop (a task
         to start the batch, another to hand the slot back): near saturation a turn is long (it reads and
         parses everything that came in meanwhile), and a batcher that needs turns per batch falls behind the
-        more requests arrive. Inline batches run here, synchronously, one after another while requests wait,
-        for up to :data:`INLINE_TURN_S` (from the wake-up, or the end of a hold, in which the loop had its turns)
-        before the loop gets a turn to read more and send the answers. Counted from the wake-up alone, a
-        2 ms hold made every batch after it yield a turn first (0.7-0.9 of the batches at 20% of `digits`'
-        capacity)."""
+        more requests arrive. Inline batches run here, synchronously, one after another while requests wait
+        (their answers written as each batch ends), for up to :data:`INLINE_TURN_S` (from the wake-up, or the
+        end of a hold, in which the loop had its turns) before the loop gets a turn to read more. Counted from
+        the wake-up alone, a hold made every batch after it yield a turn first (0.7-0.9 of the batches at 20%
+        of `digits`' capacity, with the bound at 2 ms)."""
         turn_started = self._clock.now()
         while True:
             while not self._queue.heap:

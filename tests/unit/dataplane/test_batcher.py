@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sloserve.dataplane.batcher import _HOLDABLE_MS, BatchingSpec, DynamicBatcher
+from sloserve.dataplane.batcher import _HOLDABLE_MS, INLINE_TURN_S, BatchingSpec, DynamicBatcher
 from sloserve.dataplane.replica_set import ReplicaSet
 from sloserve.errors import (
     DeadlineExceededError,
@@ -601,17 +601,52 @@ async def test_inline_batches_run_on_in_their_turn_after_a_hold() -> None:
     the loop had its turns meanwhile, so the batches after it run on in the same turn."""
     clock = FakeClock()
     inline = InlineFake()
-    batcher = make([inline], clock, delay_s=0.003)
+    batcher = make([inline], clock, delay_s=INLINE_TURN_S + 0.005)
     batcher.model = LatencyModel(intercept_ms=0.5, per_row_ms=1.0)
-    loose = [batcher.submit(rows(1.0), 1) for _ in range(3)]  # no deadline: held 3 ms
+    loose = [batcher.submit(rows(1.0), 1) for _ in range(3)]  # no deadline: held 25 ms
     await settle()
-    await clock.advance(0.0029)  # past INLINE_TURN_S, all of it held
+    await clock.advance(INLINE_TURN_S + 0.0049)  # past INLINE_TURN_S, all of it held
     assert inline.batches == []
     tight = batcher.submit(rows(2.0, 6), 6, deadline_s=clock.now() + 0.007)  # fills the batch: no more hold
     await asyncio.sleep(0)  # one turn: the batcher's
     # 8 rows would take 8.5 ms, past the 6 rows' deadline: they go alone (6.5 ms), the three right after
     assert [b["x"].shape[0] for b in inline.batches] == [6, 3]
     assert tight.done() and all(f.done() for f in loose)
+    await batcher.close()
+
+
+class SlowInline(InlineFake):
+    """An inline replica whose every batch takes ``batch_s`` of the clock's time, as computing on the loop does."""
+
+    def __init__(self, clock: FakeClock, batch_s: float) -> None:
+        super().__init__()
+        self._clock, self._batch_s = clock, batch_s
+
+    def compute(self, inputs: Arrays, output_names: Any) -> dict[str, np.ndarray[Any, Any]]:
+        self._clock._now += self._batch_s  # the loop's time passes while it computes; no one else runs
+        return super().compute(inputs, output_names)
+
+
+async def test_inline_batches_run_what_waits_in_one_turn_up_to_inline_turn_s() -> None:
+    """A turn of inline batches runs everything that waited when it began, not 2 ms of it: near the loop's
+    capacity a burst left more than that waiting, and every turn then read for longer than the last while the
+    batches kept to their 2 ms. Only a slow model's batches are cut at ``INLINE_TURN_S``."""
+    clock = FakeClock()
+    inline = SlowInline(clock, 0.001)
+    batcher = make([inline], clock, queue=400)  # 8 rows a batch
+    burst = [batcher.submit(rows(1.0), 1) for _ in range(40)]  # 5 batches of 1 ms
+    await asyncio.sleep(0)  # one turn: the batcher's
+    assert [b["x"].shape[0] for b in inline.batches] == [8] * 5
+    assert all(f.done() for f in burst)
+    await batcher.close()
+    slow = SlowInline(clock, INLINE_TURN_S * 0.3)
+    batcher = make([slow], clock, queue=400)
+    burst = [batcher.submit(rows(1.0), 1) for _ in range(64)]  # 8 batches, each 30% of the bound
+    await asyncio.sleep(0)
+    assert len(slow.batches) == 4  # the fourth passes the bound: then the loop reads
+    assert sum(f.done() for f in burst) == 32
+    await settle()
+    assert len(slow.batches) == 8 and all(f.done() for f in burst)
     await batcher.close()
 
 
