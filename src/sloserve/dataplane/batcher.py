@@ -89,9 +89,10 @@ It was 2 ms. Near the loop's capacity a burst then left more waiting than 2 ms o
 sends: 17 µs a row for `digits`) could run, and each turn read for longer than the last while the batches
 stayed at 2 ms of it: turns of 5-12 ms, the tight class refused on the loop's lag for 300-500 ms
 (`benchmarks/timeline.py`, 22,000 queries/s, about the loop's capacity that hour). Running what waits ends
-such a stretch in ~100 ms. Paired (`benchmarks/paired.py`, `digits`, session 26): at 16,000 queries/s
-99.12% against 98.27% and 2 µs a query cheaper (11 of 12 reps), with 36 rows a batch against 25; at 22,000
-98.0% against 97.5% over 36 reps, the lowest rep 96.7% against 87.6% in 24 of them; at 5,400 the same."""
+such a stretch in ~100 ms. Paired (`benchmarks/paired.py`, session 26, `benchmarks/NOTEBOOK.md`): on `digits`
+at 16,000 queries/s 99.12% against 98.27% and 2 µs a query cheaper (11 of 12 reps); at 22,000 about a point
+better over 36 reps (the lowest rep 96.7% against 87.6% in 24 of them, with a 50 ms bound); at 5,400 the
+same; on `digits_wide` at 40% and 60% of capacity level (36 reps)."""
 
 
 @dataclass(frozen=True, slots=True)
