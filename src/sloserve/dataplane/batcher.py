@@ -85,14 +85,13 @@ requests wait, for at most this long before it lets the loop read more (see :met
 practice it runs what waited when its turn began (nothing new arrives while it computes), and the bound only
 keeps a model that is slow to compute from holding the loop longer.
 
-It was 2 ms. Near the loop's capacity a burst then left more waiting than 2 ms of batches (with their answers'
-sends: 17 µs a row for `digits`) could run, and each turn read for longer than the last while the batches
-stayed at 2 ms of it: turns of 5-12 ms, the tight class refused on the loop's lag for 300-500 ms
-(`benchmarks/timeline.py`, 22,000 queries/s, about the loop's capacity that hour). Running what waits ends
-such a stretch in ~100 ms. Paired (`benchmarks/paired.py`, session 26, `benchmarks/NOTEBOOK.md`): on `digits`
-at 16,000 queries/s 99.12% against 98.27% and 2 µs a query cheaper (11 of 12 reps); at 22,000 about a point
-better over 36 reps (the lowest rep 96.7% against 87.6% in 24 of them, with a 50 ms bound); at 5,400 the
-same; on `digits_wide` at 40% and 60% of capacity level (36 reps)."""
+It was 2 ms. After a burst near the loop's capacity more waited than 2 ms of batches (with their answers'
+sends: ~17 µs a row for `digits`) could run, and the backlog drained in 2 ms slices between reads that grew
+with the turns: turns of 5-9 ms while it lasted, whose lag refused the tight class (`benchmarks/timeline.py`,
+22,000 queries/s). Running what waits drains it in one long turn instead. Paired (`benchmarks/paired.py`,
+session 26, `benchmarks/NOTEBOOK.md`) the two bounds are level at 5,400-16,000 queries/s of `digits` and at
+40-60% of `digits_wide`'s capacity; at 22,000, about the loop's capacity, about a point better over 36 reps,
+within the spread of the collapses both still have there."""
 
 
 @dataclass(frozen=True, slots=True)
