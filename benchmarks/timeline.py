@@ -9,24 +9,27 @@ server's path (its handler still runs in the read that completed a request, its 
 from the batcher's turn): for every HTTP request, when its bytes were parsed (`received_s`), when its handler
 started and when its answer was ready; every look of the event loop's `LoopLag` (lag, stall, busy share,
 requests in flight, and the loop thread's time waiting for a CPU from `/proc/thread-self/schedstat`); every
-batcher hold; and every inline batch (rows, variant, its compute, and its time with the answers it writes).
+batcher hold; every inline batch (rows, variant, its compute, and its time with the answers it writes); and
+every response's write (its send).
 Then runs `--reps` seeded open-loop reps of `slo.py`'s load (half tight, half loose) and records each query's
 scheduled time, send, answer and status client-side (429s split by why: waited to be read, the loop's lag or
 a stall, its backlog, no variant in time). It prints one line per rep and, for the worst rep, per window of
 `--window-ms` where a query missed: queries sent and the share within SLO, the server's wait from parse to
 handler and the handler's time (hold, batch, answer) at p50 / p90, the answers by status, the loop's looks,
-the time held, and the inline batches.
+the time held, the inline batches, and the writes.
 
-What it showed (`digits`, model-less, 22,000 queries/s, about the event loop's capacity in that hour; session
-26): in a good 20 ms window ~10 inline batches of ~45 rows take 8 ms with their answers (the compute itself
-0.4 ms: the answers' encoding and sends are the batch's cost), and the loop looks ~0.3 ms late. In a bad rep,
-a burst makes the loop's turns longer (lag 2-4 ms), every one of the client's 256 connections has a request
-in flight, and the handler takes 10-14 ms while nothing is refused (the loop's busy share read 0.91-0.94, under
-the backlog check's 0.95, with the thread never waiting for a CPU); then the lag passes the tight class's 5 ms
-and the loop refuses half the load for 300-500 ms, running 2-4 batches of 64 rows per window, at most 2 ms of
-batches (`INLINE_TURN_S`) a turn. Earlier (11,000 queries/s, before the handler ran in the read callback):
-a query needed about three turns of the loop, and a turn's length is the loop's fixed cost over its idle
-share. The recording costs a few µs a query; compare builds with `paired.py`, not with this.
+What it showed (`digits`, model-less, session 26, 20,500-22,000 queries/s: about the event loop's capacity
+that hour): in a good 20 ms window ~10 inline batches of ~45 rows take 8 ms with their answers (the compute
+itself 0.4 ms: the answers' encoding and sends are the batch's cost), a write takes ~7 µs, and the loop looks
+~0.3 ms late. The load is bistable: some reps stay there (99.7%), others collapse. A burst makes the turns
+longer (lag 2-4 ms), every one of the client's 256 connections has a request in flight, and the handler takes
+10-14 ms while nothing is refused yet; then the lag passes the tight class's 5 ms and stays at 8-10 ms, the
+loop refusing the tight half and running 3-5 batches a window, for hundreds of ms or to the end of the rep.
+It handles as many requests a window as before at a busy share of 1.00, half of them refusals: each costs
+more there (a write 9.5-12 µs against ~7). Nothing is held in those windows. Earlier (11,000 queries/s,
+before the handler ran in the read callback): a query needed about three turns of the loop, and a turn's
+length is the loop's fixed cost over its idle share. The recording costs a few µs a query; compare builds
+with `paired.py`, not with this.
 """
 
 from __future__ import annotations
@@ -78,6 +81,14 @@ if "serve" in sys.argv and os.environ.get("SLOSERVE_TIMELINE"):
         return _awaited()
 
     _serve._Connection._call = _timed
+    _write0, _writes = _serve._Connection._write, []
+
+    def _written(self, response, received, keep_alive):
+        t = _clock()
+        _write0(self, response, received, keep_alive)
+        _writes.append((t, _clock() - t))
+
+    _serve._Connection._write = _written
     from sloserve.dataplane import batcher as _batcher, loop_load as _loop_load
     _looks, _batches = [], []
     _look, _inline = _loop_load.LoopLag._look, _batcher.DynamicBatcher._run_inline
@@ -133,6 +144,7 @@ if "serve" in sys.argv and os.environ.get("SLOSERVE_TIMELINE"):
         numpy.save(out + ".looks.npy", numpy.array(_looks).reshape(-1, 6))
         numpy.save(out + ".batches.npy", numpy.array(_batches).reshape(-1, 5))
         numpy.save(out + ".holds.npy", numpy.array(_holds).reshape(-1, 2))
+        numpy.save(out + ".writes.npy", numpy.array(_writes).reshape(-1, 2))
         with open(out + ".variants.txt", "w") as names:
             names.write("\\n".join(_variants))
 
@@ -273,6 +285,7 @@ def main() -> None:
         batches = np.load(f"{server_rows}.batches.npy")
         variants = Path(f"{server_rows}.variants.txt").read_text().splitlines()
         holds = np.load(f"{server_rows}.holds.npy")
+        writes = np.load(f"{server_rows}.writes.npy")
     attained, rep, origin, rows, met = min(reps, key=lambda r: r[0])
     step = args.window_ms / 1e3
     received, called, answered, status = (
@@ -286,7 +299,8 @@ def main() -> None:
     ran = batches[:, 0] - origin
     print(
         "  ms  sent  met | parse->handler p50 p90 ms | handler p50 p90 ms | answered 200 429 504 |"
-        " loop: lag ms, stall ms, busy, in flight, waited for a CPU | inline batches, rows, compute ms"
+        " loop: lag ms, stall ms, busy, in flight, waited for a CPU | held ms |"
+        " inline batches, rows, ms with answers, compute ms, by variant | writes, µs each"
     )
     for lo in np.arange(0.0, args.seconds, step):
         sent = (rows[:, 0] >= lo) & (rows[:, 0] < lo + step)
@@ -300,7 +314,7 @@ def main() -> None:
             f" {_pct(run, 50):8.2f} {_pct(run, 90):6.2f} | {int(np.sum(status[done] == 200)):10d}"
             f" {int(np.sum(status[done] == 429)):3d} {int(np.sum(status[done] == 504)):3d} |"
             f" {_window(looks, looked, lo, step)} | {_held_ms(holds - origin, lo, step):5.1f} |"
-            f" {_batches(batches, ran, lo, step, variants)}"
+            f" {_batches(batches, ran, lo, step, variants)} | {_writes(writes - [origin, 0], lo, step)}"
         )
 
 
@@ -317,6 +331,13 @@ def _window(looks: np.ndarray[Any, Any], at: np.ndarray[Any, Any], lo: float, st
         f"{w[:, 1].mean():4.1f}-{w[:, 1].max():4.1f} {w[:, 2].sum():5.1f} {w[:, 3][-1]:4.2f} {int(w[:, 4].max()):4d}"
         f" {waited:4.0%}"
     )
+
+
+def _writes(writes: np.ndarray[Any, Any], lo: float, step: float) -> str:
+    """The responses written in a window (answers and refusals): how many, and the mean time of a write (the
+    send system call, which on loopback does the receiver's TCP work too)."""
+    w = writes[(writes[:, 0] >= lo) & (writes[:, 0] < lo + step)]
+    return f"{len(w):3d} {w[:, 1].mean() * 1e6:5.1f}" if len(w) else "none"
 
 
 def _held_ms(holds: np.ndarray[Any, Any], lo: float, step: float) -> float:
