@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
@@ -23,7 +24,7 @@ from sloserve.policy.selection import Slo
 from sloserve.protocol.types import InferRequest, Tensor
 from sloserve.replica import Arrays
 from sloserve.server.http.app import HttpApp
-from sloserve.server.http.serve import HttpRequest
+from sloserve.server.http.serve import HttpRequest, Later
 from sloserve.testing import FakeClock, FakeReplica
 from sloserve.types import ModelName, VersionId
 
@@ -304,6 +305,36 @@ async def test_a_query_read_right_after_the_process_was_stopped_is_refused_for_t
     query = infer_request(x)
     query.parameters = {"latency_slo_ms": 7}  # too tight to be held for a batch on the fake clock
     assert (await plane.infer(query)).parameters["slo_met"] is True
+    await plane.apply_catalog(CatalogSnapshot())
+
+
+async def test_a_refusal_is_handed_over_after_the_turns_reads_and_any_other_answer_at_once() -> None:
+    """Over HTTP a 429 is not written from the read that made it: the app hands it over from a callback after
+    this turn's reads (a write between reads cost about twice an answer's). Other errors are answered at once."""
+    plane, _fakes, clock = await plane_with(CONFIG)
+    app = HttpApp(plane)
+    plane._loop_lag.lag_ms = 10.0  # past a 5 ms SLO: refused
+    body = orjson.dumps(
+        {
+            "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}],
+            "parameters": {"latency_slo_ms": 5},
+        }
+    )
+    refused = app(HttpRequest("POST", "/v2/models/m/infer", [], body, clock.now()))
+    assert isinstance(refused, Later) and refused.response is None
+    written: list[int] = []
+    refused.then(lambda response: written.append(response.status))
+    await asyncio.sleep(0)  # the turn's other callbacks (reads) first, then the refusal
+    assert written == [429] and refused.response is not None
+    assert (b"retry-after", b"1") in refused.response.headers
+    unknown = app(HttpRequest("POST", "/v2/models/nope/infer", [], body, clock.now()))
+    assert isinstance(unknown, Later) and unknown.response is not None and unknown.response.status == 404
+    gone = app(HttpRequest("POST", "/v2/models/m/infer", [], body, clock.now()))
+    assert isinstance(gone, Later)
+    gone.then(lambda response: written.append(response.status))
+    gone.cancel()  # its client went away before the callback: nothing is written for it
+    await asyncio.sleep(0)
+    assert written == [429]
     await plane.apply_catalog(CatalogSnapshot())
 
 
