@@ -78,7 +78,7 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, float]:
         row = [0.5] * 64
         before = slo.cpu_by_process(proc.pid)[proc.pid]
         rps, p50, _ = slo.generate(
-            kind="closed", port=port, path="/v2/models/m/infer", row=row, seconds=args.seconds, connections=64
+            kind="closed", port=port, path="/v2/models/m/infer", rows=[row], seconds=args.seconds, connections=64
         )
         middle = slo.cpu_by_process(proc.pid)[proc.pid]
         classes = [{"latency_ms": 1e9, "min_accuracy": 0.0}]

@@ -2,7 +2,7 @@
 
     python benchmarks/requestpath.py [--model digits] [--workdir DIR] [--wave 16] [--rounds 1500] [--reps 9]
                                      [--against SRC] [--tight-ms 5] [--pinned-slo] [--maxbatch]
-                                     [--running V,V] [--config JSON]
+                                     [--running V,V] [--config JSON] [--http]
 
 Served benchmarks (`paired.py`) see the front end's cost through sockets, the load generator and the VM's
 drift: differences under ~3 µs a query drown there. This runs a `Server` (the composition `sloserve serve`
@@ -21,6 +21,12 @@ held, costs ~27 µs a query in process and `maxbatch` ~33). Without `--maxbatch`
 busy waves; with it, `maxbatch`'s held waves run first in each rep, so model-less runs held, and
 model-less - maxbatch is what a query pays for its SLO at 20% (+3.0-3.7 µs in process, about what it
 pays served).
+
+With `--http` each request's bytes, as `slo.py`'s load generator sends them, are fed to one of the HTTP
+server's connections instead (one per request of a wave, its transport a sink): the parser, the handler's
+call and the answer's head count too, everything but the sockets and the event loop's polling (`digits`,
+session 27, waves of 12: model-less ~36 µs a query, `fp32` pinned ~34, against ~28.5 and ~26 without:
+the connection layer is ~7.5 µs of a served query's ~40, the kernel's recv and send ~7).
 
 It prints the median and lowest per path, and the paired model-less - pinned difference per rep. With
 `--against SRC` (e.g. the `src` of `git worktree add /tmp/base HEAD`) the same measurement also runs with
@@ -47,7 +53,9 @@ import paired  # noqa: E402  (the model copy)
 import slo  # noqa: E402  (the registration and SLO classes)
 
 
-async def measure(repo: Path, home: Path, model: str, bodies: dict[str, list[tuple[str, bytes]]], args: Any) -> Any:
+async def measure(
+    repo: Path, home: Path, model: str, bodies: dict[str, list[tuple[str, bytes, bytes]]], args: Any
+) -> Any:
     import uvloop  # noqa: F401  (the server's loop; imported here so --help needs none of it)
 
     from sloserve.app import Server
@@ -67,16 +75,41 @@ async def measure(repo: Path, home: Path, model: str, bodies: dict[str, list[tup
 
     later_type = getattr(serve, "Later", None)  # builds before the batcher's turn answered HTTP have none
     loop = asyncio.get_running_loop()
+    if args.http:  # the connection layer too: one keep-alive connection per request of a wave
+        http = serve.HttpServer(app, serve.bind("127.0.0.1", 0), max_body_bytes=1 << 20, grace_s=0.1)
+        await http.start()  # listening, unused: its connections are made here
+        sinks = [_Sink() for _ in range(args.wave)]
+        connections = [serve._Connection(http, app) for _ in sinks]
+        for connection, sink in zip(connections, sinks, strict=True):
+            connection.connection_made(sink)  # type: ignore[arg-type]
 
     def check(name: str, response: Any) -> None:
         if response.status != 200:
             failed[name] += 1
 
-    async def wave(name: str, items: list[tuple[str, bytes]]) -> None:
+    async def http_wave(name: str, items: list[tuple[str, bytes, bytes]]) -> None:
+        """One wave as bytes received on the connections, answered when each connection has written its answer."""
+        done = loop.create_future()
+        left = len(items)
+
+        def written(data: bytes) -> None:
+            nonlocal left
+            if data[9:12] != b"200":
+                failed[name] += 1
+            left -= 1
+            if left == 0:
+                done.set_result(None)
+
+        for connection, sink, (_, _, wire) in zip(connections, sinks, items, strict=True):
+            sink.written = written
+            connection.data_received(wire)
+        await done
+
+    async def wave(name: str, items: list[tuple[str, bytes, bytes]]) -> None:
         """One wave, its answers taken as the HTTP connection takes them: one handed over from the batcher's turn
         (a `Later`) by a callback, not by a task woken for it; a coroutine's by awaiting it."""
         awaited, laters = [], []
-        for path, body in items:
+        for path, body, _ in items:
             outcome = app(HttpRequest("POST", path, headers, body, time.monotonic()))
             (laters if later_type is not None and isinstance(outcome, later_type) else awaited).append(outcome)
         done = loop.create_future()
@@ -102,7 +135,7 @@ async def measure(repo: Path, home: Path, model: str, bodies: dict[str, list[tup
 
     try:
         for version in args.running:  # started by one pinned query each, as slo.py's rotation leaves them
-            _, body = bodies["fp32 pinned"][0]
+            _, body, _ = bodies["fp32 pinned"][0]
             started = await app(
                 HttpRequest("POST", f"/v2/models/{model}/versions/{version}/infer", headers, body, time.monotonic())
             )
@@ -110,21 +143,47 @@ async def measure(repo: Path, home: Path, model: str, bodies: dict[str, list[tup
                 raise SystemExit(f"could not start {version}: {started.status} {started.body[:300]!r}")
         for _ in range(args.reps):
             for name, items in bodies.items():  # alternating: drift hits both paths alike
+                run = http_wave if args.http else wave
                 for _ in range(100):  # warm: caches, the chooser's kept choices, the batcher's AIMD
-                    await wave(name, items)
-                started = time.thread_time()
+                    await run(name, items)
+                began = time.thread_time()
                 for _ in range(args.rounds):
-                    await wave(name, items)
-                per_query[name].append((time.thread_time() - started) / (args.rounds * len(items)) * 1e6)
+                    await run(name, items)
+                per_query[name].append((time.thread_time() - began) / (args.rounds * len(items)) * 1e6)
     finally:
+        if args.http:
+            await http.stop()
         await server.stop()
     return {"us": per_query, "failed": failed}
+
+
+class _Sink:
+    """A connection's transport that hands what is written to ``written``."""
+
+    def __init__(self) -> None:
+        self.written: Any = None
+
+    def write(self, data: bytes) -> None:
+        self.written(data)
+
+    def writelines(self, items: list[bytes]) -> None:
+        self.written(b"".join(items))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 def run_here(args: argparse.Namespace) -> dict[str, Any]:
     """One measurement in this process (the source tree on its ``sys.path``)."""
     import numpy as np
-    import orjson
     import uvloop
 
     base = args.workdir / args.model
@@ -134,22 +193,21 @@ def run_here(args: argparse.Namespace) -> dict[str, Any]:
     paired.patch_config(repo, args.model, json.loads(args.config))
     rows = np.load(base / f"{args.model}-rows.npy")
 
-    def body(params: dict[str, Any], i: int) -> bytes:
-        row = rows[i % len(rows)].tolist()
-        tensor = {"name": "input", "shape": [1, len(row)], "datatype": "FP32", "data": row}
-        return orjson.dumps({"inputs": [tensor], "parameters": params})
+    def query(path: str, params: dict[str, Any], i: int) -> tuple[str, bytes, bytes]:
+        """(path, body, the whole request as `slo.py`'s load generator sends it)."""
+        wire = slo.request_bytes(path, rows[i % len(rows)].tolist(), params)
+        return path, wire[wire.index(b"\r\n\r\n") + 4 :], wire
 
     slos = [{"latency_slo_ms": c.latency_ms, "min_accuracy": c.min_accuracy} for c in classes]
-    bodies: dict[str, list[tuple[str, bytes]]] = {}
+    pinned = f"/v2/models/{args.model}/versions/fp32/infer"
+    bodies: dict[str, list[tuple[str, bytes, bytes]]] = {}
     if args.maxbatch:  # slo.py's plain max-batch + 2 ms window baseline (fp32 as its own model, no SLOs), run
         # just before model-less's waves: see the docstring
-        bodies["maxbatch"] = [(f"/v2/models/{args.model}_maxbatch/infer", body({}, i)) for i in range(args.wave)]
-    bodies["model-less"] = [(f"/v2/models/{args.model}/infer", body(slos[i % 2], i)) for i in range(args.wave)]
-    bodies["fp32 pinned"] = [(f"/v2/models/{args.model}/versions/fp32/infer", body({}, i)) for i in range(args.wave)]
+        bodies["maxbatch"] = [query(f"/v2/models/{args.model}_maxbatch/infer", {}, i) for i in range(args.wave)]
+    bodies["model-less"] = [query(f"/v2/models/{args.model}/infer", slos[i % 2], i) for i in range(args.wave)]
+    bodies["fp32 pinned"] = [query(pinned, {}, i) for i in range(args.wave)]
     if args.pinned_slo:  # the SLO's own handling (admission, deadline, holds, drops), without selection
-        bodies["pinned + SLO"] = [
-            (f"/v2/models/{args.model}/versions/fp32/infer", body(slos[i % 2], i)) for i in range(args.wave)
-        ]
+        bodies["pinned + SLO"] = [query(pinned, slos[i % 2], i) for i in range(args.wave)]
     return uvloop.run(measure(repo, home, args.model, bodies, args))
 
 
@@ -210,6 +268,12 @@ def main() -> None:
         type=lambda text: [v for v in text.split(",") if v],
         default=[],
         help="versions to start first (e.g. int8-static,fp16), as slo.py's fixed configurations leave them",
+    )
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help="feed each request's bytes to an HTTP connection (the parser, the handler's call, the answer's head) "
+        "instead of calling the app: everything but the sockets and the event loop's polling",
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paired  # the model copy
@@ -209,17 +208,7 @@ def _bodies(path: str, rows: list[list[float]], classes: list[slo.SloClass], sen
     out = []
     for c in classes:
         params = {"latency_slo_ms": c.latency_ms, "min_accuracy": c.min_accuracy} if send_slo else {}
-        per = []
-        for row in rows:
-            body = orjson.dumps(
-                {
-                    "inputs": [{"name": "input", "shape": [1, len(row)], "datatype": "FP32", "data": row}],
-                    "parameters": params,
-                }
-            )
-            head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            per.append((head.encode() + body).decode("latin-1"))
-        out.append(per)
+        out.append([slo.request_bytes(path, row, params).decode("latin-1") for row in rows])
     return out
 
 
