@@ -145,6 +145,8 @@ async def test_malformed_requests_get_400_then_close_and_the_server_keeps_servin
         assert status == 400 and "malformed" in orjson.loads(body)["error"]
     huge = b"GET / HTTP/1.1\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES + 1) + b"\r\n\r\n"
     assert responses(await exchange(server.port, huge, until_closed=True))[0][0] == 431
+    long_url = b"GET /" + b"a" * (MAX_HEAD_BYTES + 1) + b" HTTP/1.1\r\n\r\n"
+    assert responses(await exchange(server.port, long_url, until_closed=True))[0][0] == 431
     async with httpx.AsyncClient() as client:
         assert (await client.get(f"http://127.0.0.1:{server.port}/fine")).status_code == 200
 
