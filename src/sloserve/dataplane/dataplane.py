@@ -93,7 +93,7 @@ class DataPlane:
         metrics.event_loop(self._loop_lag)
         self._wanted: dict[tuple[str, VersionId], int] = {}
         """Rows that a variant not running would have served (refused, or sent to a dearer one)."""
-        metrics.on_read(self._take_kept_counts)
+        metrics.on_read(self._before_metrics_read)
 
     # -- wiring, called by the composition root and the control plane -----------------------------
 
@@ -191,6 +191,13 @@ class DataPlane:
         """Add what the kept choices served (:meth:`VariantChooser.kept`) to the metrics and the demand."""
         for name, view in self._models.items():
             self._take_counts(name, view.chooser)
+
+    def _before_metrics_read(self) -> None:
+        """Bring the metrics up to date: what kept choices served, every host's answers (:meth:`VersionHost.flush`)."""
+        self._take_kept_counts()
+        for view in self._models.values():
+            for host in view.hosts.values():
+                host.flush()
 
     def _take_counts(self, name: str, chooser: VariantChooser) -> None:
         served, wanted = chooser.take_counts(self._clock.now())
@@ -462,6 +469,8 @@ class DataPlane:
                 hosts = list(view.hosts.values())
         else:
             hosts = [h for n in sorted(self._models) for h in self._models[n].hosts.values()]
+        for host in hosts:
+            host.flush()
         return {"model_stats": [h.stats.to_dict() for h in hosts]}
 
     def variants(self, name: str) -> list[dict[str, Any]]:
@@ -571,18 +580,16 @@ class _Query:
         self._dp._loop_lag.in_flight += 1
 
     def succeeded(self, result: RowsResult) -> InferResponse:
-        dp, name, host = self._dp, self.name, self.host
+        dp, host = self._dp, self.host
         assert host is not None
         dp._loop_lag.in_flight -= 1
-        elapsed = dp._clock.now() - self.started
-        dp._metrics.request_succeeded(name, self.rows, elapsed, result.queue_s)
-        host.stats.request_succeeded(self.rows, elapsed, result.queue_s, result.compute_s)
-        host.waited(result.queue_s)
-        if self.key is not None:
-            dp._cache.store(name, host.running, self.key, result.outputs)
-            dp._metrics.cache_size(name, dp._cache.nbytes(name))
+        now = dp._clock.now()
+        elapsed = now - self.started
         met = _slo_met(self.slo, elapsed, host.profile)
-        dp._metrics.slo_outcome(name, host.version, met)
+        host.answered(self.rows, elapsed, result.queue_s, result.compute_s, met, now)
+        if self.key is not None:
+            dp._cache.store(self.name, host.running, self.key, result.outputs)
+            dp._metrics.cache_size(self.name, dp._cache.nbytes(self.name))
         return dp._response(self.request, host, self.output_names, result, slo_met=met)
 
     def failed(self, error: SloserveError | None) -> None:

@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 
 @dataclass(slots=True)
 class _Duration:
@@ -15,6 +17,11 @@ class _Duration:
     def add(self, seconds: float) -> None:
         self.count += 1
         self.ns += int(seconds * 1e9)
+
+    def add_many(self, seconds: np.ndarray[Any, Any]) -> None:
+        """:meth:`add` each of ``seconds`` (each truncated to whole ns, as there)."""
+        self.count += len(seconds)
+        self.ns += int((seconds * 1e9).astype(np.int64).sum())
 
     def to_dict(self) -> dict[str, int]:
         return {"count": self.count, "ns": self.ns}
@@ -41,6 +48,21 @@ class ModelStats:
         self.success.add(total_s)
         self.queue.add(queue_s)
         self.compute_infer.add(compute_s)
+
+    def requests_succeeded(
+        self,
+        rows: int,
+        total_s: np.ndarray[Any, Any],
+        queue_s: np.ndarray[Any, Any],
+        compute_s: np.ndarray[Any, Any],
+        last_inference_ms: int,
+    ) -> None:
+        """:meth:`request_succeeded` for several requests at once, the last of them at ``last_inference_ms``."""
+        self.last_inference_ms = max(self.last_inference_ms, last_inference_ms)
+        self.inference_count += rows
+        self.success.add_many(total_s)
+        self.queue.add_many(queue_s)
+        self.compute_infer.add_many(compute_s)
 
     def request_failed(self, total_s: float) -> None:
         self.fail.add(total_s)

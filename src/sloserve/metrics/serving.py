@@ -15,8 +15,9 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from itertools import accumulate
-from typing import Protocol
+from typing import Any, Protocol
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -47,16 +48,24 @@ class _Histogram:
     """A histogram as plain counts: one per bucket (a value goes to the first bound it does not exceed,
     Prometheus's ``le``) and one past the last."""
 
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("bounds", "counts", "edges", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
+        self.edges = np.array(bounds, dtype=np.float64)
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
+
+    def observe_many(self, values: np.ndarray[Any, Any]) -> None:
+        """:meth:`observe` each of ``values`` (one pass of numpy: the bucket is the same, ``le``)."""
+        buckets = np.bincount(np.searchsorted(self.edges, values, side="left"), minlength=len(self.counts))
+        for i, n in enumerate(buckets.tolist()):
+            self.counts[i] += n
+        self.sum += float(values.sum())
 
     def buckets(self) -> list[tuple[str, float]]:
         """Cumulative counts by ``le``, as the exposition format has them."""
@@ -339,6 +348,17 @@ class ServingMetrics:
         c.request_seconds.observe(total_s)
         c.queue_seconds.observe(queue_s)
 
+    def requests_succeeded(
+        self, model: str, count: int, rows: int, total_s: np.ndarray[Any, Any], queue_s: np.ndarray[Any, Any]
+    ) -> None:
+        """:meth:`request_succeeded` for ``count`` requests at once (the data plane adds up its answers in bulk)."""
+        c = self._per_model.counts(model)
+        c.pending -= count
+        c.success += count
+        c.inferences += rows
+        c.request_seconds.observe_many(total_s)
+        c.queue_seconds.observe_many(queue_s)
+
     def request_failed(self, model: str, reason: str, total_s: float) -> None:
         c = self._per_model.counts(model)
         c.pending -= 1
@@ -382,6 +402,13 @@ class ServingMetrics:
 
     def slo_outcome(self, model: str, variant: str, met: bool) -> None:
         self._slo_outcomes.add(model, variant, "true" if met else "false")
+
+    def slo_outcomes(self, model: str, variant: str, met: int, missed: int) -> None:
+        """:meth:`slo_outcome` for ``met`` answers that met their SLO and ``missed`` that did not."""
+        if met:
+            self._slo_outcomes.add_many(met, model, variant, "true")
+        if missed:
+            self._slo_outcomes.add_many(missed, model, variant, "false")
 
     def variant_selected(self, model: str, variant: str, count: int = 1) -> None:
         self._selected.add_many(count, model, variant)

@@ -126,3 +126,42 @@ async def test_a_query_cancelled_while_it_waits_is_not_computed_nor_answered_and
     assert 'sloserve_request_failure_total{model="m",reason="cancelled"} 1.0' in metrics.exposition().decode()
     del kept
     await plane.apply_catalog(CatalogSnapshot())
+
+
+async def test_answers_are_added_up_in_bulk_and_every_reader_sees_them_all() -> None:
+    """Answers are counted in the metrics, statistics and load window in bulk, but none is missing from a read:
+    the metrics' exposition, the statistics endpoint and the autoscaler's load each add up what waits first."""
+    from sloserve.dataplane import host as host_module
+
+    plane, _, _ = await plane_with(NO_CACHE, replicas=1)
+    metrics = plane._metrics
+    answers = Answers()
+    for value in (1.0, 2.0, 3.0):
+        plane.infer_soon(infer_request(np.array([[value, 0.0]], np.float32)), answers)
+    while len(answers.got) < 3:
+        await turns(1)
+    (served,) = plane._models["m"].hosts.values()
+    assert len(served._answered) == 3  # recorded, not added up yet
+    text = metrics.exposition().decode()
+    assert 'sloserve_request_success_total{model="m"} 3.0' in text
+    assert 'sloserve_pending_requests{model="m"} 0.0' in text
+    assert 'sloserve_slo_requests_total{met="true",model="m",variant="1"} 3.0' in text
+    plane.infer_soon(infer_request(np.array([[4.0, 0.0]], np.float32)), answers)
+    while len(answers.got) < 4:
+        await turns(1)
+    assert plane.model_stats("m")["model_stats"][0]["inference_stats"]["success"]["count"] == 4
+    plane.infer_soon(infer_request(np.array([[5.0, 0.0]], np.float32)), answers)
+    while len(answers.got) < 5:
+        await turns(1)
+    assert served.take_load()[0] == 5 and served._load.waits == 0  # its waits were counted, then taken
+    before = host_module.ANSWERED_BULK
+    host_module.ANSWERED_BULK = 2  # a full bulk is added up at once, with nobody reading
+    try:
+        for value in (6.0, 7.0):
+            plane.infer_soon(infer_request(np.array([[value, 0.0]], np.float32)), answers)
+        while len(answers.got) < 7:
+            await turns(1)
+        assert served._answered == [] and served.stats.success.count == 7
+    finally:
+        host_module.ANSWERED_BULK = before
+    await plane.apply_catalog(CatalogSnapshot())

@@ -80,3 +80,26 @@ def test_the_event_loops_lag_busy_share_and_stalls_are_read_at_each_scrape() -> 
     assert "sloserve_event_loop_stalled_seconds_total 0.25" in text
     assert "sloserve_in_flight_requests 40.0" in text
     assert "sloserve_event_loop_backlog_seconds 0.0015" in text
+
+
+def test_answers_added_in_bulk_read_as_added_one_at_a_time() -> None:
+    """The data plane adds its answers up in bulk: the same histograms, counts, sums and SLO outcomes."""
+    import numpy as np
+
+    total = [0.00005, 0.0003, 0.001, 0.001, 0.0049, 20.0]  # on bounds, between them, past the last
+    queue = [0.0, 0.0001, 0.0002, 0.00025, 0.004, 1.0]
+    one, bulk = ServingMetrics(), ServingMetrics()
+    for t, q in zip(total, queue, strict=True):
+        one.request_started("m")
+        bulk.request_started("m")
+        one.request_succeeded("m", rows=2, total_s=t, queue_s=q)
+    for met in (True, True, False):
+        one.slo_outcome("m", "int8", met)
+    bulk.requests_succeeded("m", len(total), 2 * len(total), np.array(total), np.array(queue))
+    bulk.slo_outcomes("m", "int8", 2, 1)
+    bulk.slo_outcomes("m", "fp32", 0, 0)  # nothing: no series
+
+    def series(m: ServingMetrics) -> list[str]:  # every line but the counters' creation times
+        return [line for line in m.exposition().decode().splitlines() if "_created" not in line]
+
+    assert series(bulk) == series(one)
