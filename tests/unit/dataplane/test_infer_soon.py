@@ -68,6 +68,7 @@ async def test_a_batch_failure_reaches_every_answer_of_it_and_the_metrics() -> N
         plane.infer_soon(infer_request(np.array([[value, 0.0]], np.float32)), answers)
     await turns(20)
     assert [len(b["x"]) for b in replica.batches] == [1]  # the first at once; the others wait for the slot
+    assert 'sloserve_pending_requests{model="m"} 3.0' in plane._metrics.exposition().decode()
     replica.fail(0, DeadlineExceededError("the replica gave up"))
     await turns(20)
     assert len(answers.got) == 1 and [len(b["x"]) for b in replica.batches] == [1, 2]
@@ -78,6 +79,7 @@ async def test_a_batch_failure_reaches_every_answer_of_it_and_the_metrics() -> N
     assert plane._loop_lag.in_flight == 0
     stats = plane.model_stats("m")["model_stats"][0]["inference_stats"]
     assert stats["fail"]["count"] == 3
+    assert 'sloserve_pending_requests{model="m"} 0.0' in plane._metrics.exposition().decode()
     await plane.apply_catalog(CatalogSnapshot())
 
 
