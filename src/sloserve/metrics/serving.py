@@ -5,7 +5,9 @@ one process (tests do this) keep separate metrics. What every request and batch
 counts (successes, rows, latency histograms, pending requests) is kept as plain
 numbers per model and exported when the metrics are read (:class:`_PerModel`):
 prometheus_client's metric objects take a lock per update and a Python loop per
-histogram observation, ~7 µs a query at thousands of queries per second. The
+histogram observation, ~7 µs a query at thousands of queries per second. The data
+plane adds its answers up in bulk (``requests_succeeded``, ``slo_outcomes``), and
+before every read (:meth:`ServingMetrics.on_read`). The
 rest are its metric objects, with label children cached (:class:`_Labelled`).
 Counts and reads share the event loop.
 """
