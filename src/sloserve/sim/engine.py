@@ -40,7 +40,12 @@ With ``frontend_ms`` > 0 every request first waits its turn at one of
 encoding), which holds it that long; admission, and the server's deadline
 (admission + SLO, as the real server only sees a request once it is parsed), start
 there, while attainment is judged from the client's send time. This is what makes
-a small model's serving front-end-bound, as it is on a real machine.
+a small model's serving front-end-bound, as it is on a real machine. With
+``frontend_cycle_ms`` > 0 each front end is an event loop instead, working in cycles
+(:func:`frontend_cycles_ms`): what a request costs then depends on how many share its
+cycle, which is where a one-loop server's knee comes from. Requests a front end hands
+over together are admitted together and batched together, as the server's loop
+batches what one cycle read.
 
 Service time = the variant's latency model at the batch's rows x ``slowdown`` x
 lognormal noise (median 1, ``noise_sigma``). Everything random is drawn from numpy
@@ -51,9 +56,11 @@ from __future__ import annotations
 
 import math
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from heapq import heappop, heappush
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -111,6 +118,8 @@ class Trace:
     samples: tuple[tuple[float, tuple[int, ...]], ...]
     """(time_s, provisioned replicas per pool) at start and every autoscale tick."""
     decisions: tuple[tuple[float, ScaleDecision], ...]
+    frontend_busy_ms: float
+    """What the requests cost the front ends, together."""
     events: int
     wall_s: float
 
@@ -151,6 +160,50 @@ def frontend_exit_ms(arrivals_ms: FloatArray, service_ms: float | FloatArray, wo
     return exits
 
 
+def frontend_cycles_ms(
+    arrivals_ms: FloatArray,
+    services_ms: FloatArray,
+    cycle_ms: FloatArray,
+    loops: np.ndarray[Any, np.dtype[np.int64]] | None = None,
+) -> tuple[FloatArray, FloatArray]:
+    """Front ends that are event loops: when each request (sorted arrivals) leaves its loop, and what it cost it.
+
+    A loop works in cycles. One starts when the one before it ends, or at the next arrival if the loop had
+    nothing to do, and takes every request that has come to that loop by then; it lasts its fixed cost (the
+    ``cycle_ms`` of its first request: polling, the batch's wake-up, code gone cold since the last cycle) plus
+    its requests' ``services_ms``, and hands them all over at its end. A request costs its service plus its
+    share of its cycle's fixed cost: on a loop that is always busy a cycle lasts F / (1 - λc), so the busier
+    the loop the more requests share a cycle and the less each costs, until λc nears 1. ``loops``: the loop each
+    request comes to (None: one).
+    """
+    n = len(arrivals_ms)
+    exits = np.empty(n, dtype=np.float64)
+    shares = np.empty(n, dtype=np.float64)
+    if loops is None:
+        groups = [np.arange(n)]
+    else:
+        by_loop = np.argsort(loops, kind="stable")  # each loop's requests, still in arrival order
+        bounds = np.searchsorted(loops[by_loop], np.arange(int(loops.max(initial=0)) + 2))
+        groups = [by_loop[a:b] for a, b in pairwise(bounds) if b > a]
+    for index in groups:
+        arrivals = arrivals_ms[index].tolist()
+        prefix = np.concatenate(([0.0], np.cumsum(services_ms[index]))).tolist()
+        fixed = cycle_ms[index].tolist()
+        left: list[float] = []
+        share: list[float] = []
+        free, k, m = -math.inf, 0, len(arrivals)
+        while k < m:
+            start = max(free, arrivals[k])
+            j = bisect_right(arrivals, start, k + 1)
+            free = start + fixed[k] + prefix[j] - prefix[k]
+            left += [free] * (j - k)
+            share += [fixed[k] / (j - k)] * (j - k)
+            k = j
+        exits[index] = left
+        shares[index] = share
+    return exits, services_ms + shares
+
+
 class Simulator:
     def __init__(self, families: Sequence[Family], workload: Workload, config: SimConfig) -> None:
         config.check()
@@ -183,22 +236,45 @@ class Simulator:
         self.heap: list[tuple[float, int, int, Pool | None, Any]] = []
         self.seq = 0
         self.events = 0
-        seeds = np.random.SeedSequence(config.seed).spawn(3)
+        seeds = np.random.SeedSequence(config.seed).spawn(4)
         self.noise_rng = np.random.default_rng(seeds[1])
         self.noise: list[float] = []
         self.noise_at = 0
         n = len(workload)
-        services = frontend_service_ms(
-            workload.time_ms,
-            config.frontend_ms,
-            config.frontend_speed_sigma,
-            config.frontend_speed_window_ms,
-            np.random.default_rng(seeds[2]),
-        )
-        self.frontend_costs: list[float] | None = services.tolist() if config.frontend_speed_sigma > 0 else None
+        self.order: list[int] | None = None
+        """The requests in the order their front ends hand them over, where that is not arrival order (several
+        event loops); None: arrival order."""
+        if config.frontend_cycle_ms > 0:
+            factors = frontend_service_ms(  # the machine's speed at each arrival, for its service and its cycle's
+                workload.time_ms,
+                1.0,
+                config.frontend_speed_sigma,
+                config.frontend_speed_window_ms,
+                np.random.default_rng(seeds[2]),
+            )
+            workers = config.frontend_workers
+            loops = np.random.default_rng(seeds[3]).integers(workers, size=n) if workers > 1 else None
+            admitted_ms, costs = frontend_cycles_ms(
+                workload.time_ms, config.frontend_ms * factors, config.frontend_cycle_ms * factors, loops
+            )
+            if loops is not None:
+                self.order = np.argsort(admitted_ms, kind="stable").tolist()
+        else:
+            costs = frontend_service_ms(
+                workload.time_ms,
+                config.frontend_ms,
+                config.frontend_speed_sigma,
+                config.frontend_speed_window_ms,
+                np.random.default_rng(seeds[2]),
+            )
+            admitted_ms = frontend_exit_ms(workload.time_ms, costs, config.frontend_workers)
+        varies = config.frontend_speed_sigma > 0 or config.frontend_cycle_ms > 0
+        self.frontend_costs: list[float] | None = costs.tolist() if varies else None
         """What each request cost its front end (the busy share's measure); None: ``frontend_ms`` each."""
-        admitted_ms = frontend_exit_ms(workload.time_ms, services, config.frontend_workers)
+        self.frontend_busy_ms = float(costs.sum())
         self.times: list[float] = admitted_ms.tolist()
+        self._together: list[Pool] | None = None
+        """While the requests a front end hands over together are admitted: the pools to dispatch after the last."""
         self.rows: list[int] = workload.rows.tolist()
         self.klass: list[int] = workload.klass.tolist()
         self.model: list[int] = workload.model.tolist()
@@ -252,16 +328,24 @@ class Simulator:
         admit: Callable[[int, float], None] = self._admit if modelless else self._admit_fifo
         dispatch = self._dispatch_edf if modelless else self._dispatch_fifo
         times = self.times
+        order = self.order
         heap = self.heap
         n = len(times)
         i = 0
         inf = math.inf
         while True:
             next_event = heap[0][0] if heap else inf
-            if i < n and times[i] < next_event:
-                self.now = t = times[i]
-                admit(i, t)
+            if i < n and times[rid := i if order is None else order[i]] < next_event:
+                self.now = t = times[rid]
                 i += 1
+                together = i < n and times[i if order is None else order[i]] == t
+                if together and self._together is None:
+                    self._together = []  # handed over together: batched together, once all are admitted
+                admit(rid, t)
+                if not together and self._together is not None:
+                    together_pools, self._together = self._together, None
+                    for admitted in dict.fromkeys(together_pools):
+                        dispatch(admitted)
                 continue
             if not heap:
                 break
@@ -298,6 +382,7 @@ class Simulator:
             tuple(p.stats(self.families[p.model].model) for p in self.pools),
             tuple(self.fleet.samples),
             tuple(self.fleet.decisions),
+            self.frontend_busy_ms,
             self.events,
             time.perf_counter() - started,
         )
@@ -365,7 +450,10 @@ class Simulator:
         pool.selected += 1
         selector.admitted(pool)
         if pool.free:
-            self._dispatch_edf(pool)
+            if self._together is not None:
+                self._together.append(pool)
+            else:
+                self._dispatch_edf(pool)
 
     def _admit_fifo(self, rid: int, t: float) -> None:
         pool = self.fifo_pool
@@ -376,7 +464,10 @@ class Simulator:
         pool.routed_rows += rows
         pool.selected += 1
         if pool.free:
-            self._dispatch_fifo(pool)
+            if self._together is not None:
+                self._together.append(pool)
+            else:
+                self._dispatch_fifo(pool)
 
     # ---- batches ------------------------------------------------------------
 

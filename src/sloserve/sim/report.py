@@ -119,6 +119,8 @@ class SimReport:
     p50_ms: float | None
     p99_ms: float | None
     cpu_s_per_1k: float | None
+    frontend_ms_per_query: float | None
+    """What a request cost the front ends, on average (their CPU, not counted in ``cpu_s_per_1k``)."""
     classes: tuple[ClassReport, ...]
     variants: tuple[VariantReport, ...]
     replicas: tuple[ReplicaSample, ...]
@@ -287,6 +289,7 @@ def summarize(trace: Trace) -> SimReport:
         p50,
         p99,
         _ratio(cpu_s * 1000.0, n_served),
+        _ratio(trace.frontend_busy_ms, len(wl)),
         tuple(classes),
         tuple(variants),
         replicas,

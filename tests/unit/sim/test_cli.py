@@ -84,6 +84,24 @@ def test_tables_steps_and_baselines(family: Path, capsys: pytest.CaptureFixture[
     assert raw["arrivals"] > 300 * 4
 
 
+def test_an_event_loop_front_end_from_the_command_line(family: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--frontend-cycle-ms makes each front end an event loop: a request costs its --frontend-ms and its share of
+    its cycle's, fewer the busier the loop; the report says what a query cost the front ends."""
+    args = ("--family", str(family), "--duration", "3", "--cpus", "4", "--slo", "good:50:0.95:1")
+    fifo = simulate_json(capsys, *args, "--rate", "500", "--frontend-ms", "0.2")
+    assert fifo["frontend_ms_per_query"] == pytest.approx(0.2)
+    costs = [
+        simulate_json(capsys, *args, "--rate", rate, "--frontend-ms", "0.2", "--frontend-cycle-ms", "0.5")[
+            "frontend_ms_per_query"
+        ]
+        for rate in ("100", "2000")
+    ]
+    assert isinstance(costs[0], float) and isinstance(costs[1], float)
+    assert costs[0] > 0.65 > 0.5 > costs[1] > 0.2
+    assert main(["simulate", *args, "--rate", "500", "--frontend-ms", "0.2", "--frontend-cycle-ms", "0.5"]) == 0
+    assert "front end ms per query" in capsys.readouterr().out
+
+
 def test_csv_workload(family: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     csv = tmp_path / "arrivals.csv"
     csv.write_text("time_s,latency_slo_ms,min_accuracy\n" + "".join(f"{i / 100},20,0.95\n" for i in range(200)))
@@ -102,6 +120,7 @@ def test_csv_workload(family: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
         (["--rate", "5"], "choose the variants"),
         (["--synthetic", "2", "--rate", "5", "--slo", "x:5:0.9"], "--slo"),
         (["--synthetic", "2", "--rate", "5", "--policy", "fixed:nope"], "no variant 'nope'"),
+        (["--synthetic", "2", "--rate", "5", "--frontend-cycle-ms", "-1"], "--frontend-cycle-ms must be"),
         (["--model", "digits", "--rate", "5"], "register"),
     ],
 )
@@ -124,5 +143,13 @@ def test_help_describes_the_workloads(capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit):
         main(["simulate", "--help"])
     out = capsys.readouterr().out
-    for text in ("--synthetic", "--steps", "--csv", "--slo", "maxbatch:VARIANT:TIMEOUT_MS", "--cpus"):
+    for text in (
+        "--synthetic",
+        "--steps",
+        "--csv",
+        "--slo",
+        "maxbatch:VARIANT:TIMEOUT_MS",
+        "--cpus",
+        "--frontend-cycle-ms",
+    ):
         assert text in out
