@@ -77,7 +77,7 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, float]:
         time.sleep(1.5)
         row = [0.5] * 64
         before = slo.cpu_by_process(proc.pid)[proc.pid]
-        rps, p50, _ = slo.generate(
+        rps, p50, _, _ = slo.generate(
             kind="closed", port=port, path="/v2/models/m/infer", rows=[row], seconds=args.seconds, connections=64
         )
         middle = slo.cpu_by_process(proc.pid)[proc.pid]

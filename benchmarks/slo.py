@@ -30,8 +30,10 @@ queries sent (refusals and errors count as misses). Accuracy delivered = mean pr
 accuracy of the variants that answered. CPU-s per 1,000 queries = CPU time of the server
 process and its workers during the step / queries sent x 1000; the server process's own
 share per query is the front end's cost. Finally the same steps run in `sloserve simulate`
-(the same policies, simulated replicas from the same profiles, the front end costing what
-was measured) at 1x and 100x the rate, and the 1x attainment is compared with the measured one.
+(the same policies, simulated replicas from the same profiles) at 1x and 100x the rate, and the
+1x attainment is compared with the measured one: with a FIFO front end costing what each step
+measured, and with an event-loop front end (a cost a cycle and a cost a request, read from
+closed loops and light open loops before the steps) whose cost per query the simulator predicts.
 
 The load generator runs on the same machine as the server: on a 2-core box its CPU competes
 with the front end's, which is part of what the table shows.
@@ -42,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import re
 import signal
@@ -201,8 +204,8 @@ def request_bytes(path: str, row: list[float], parameters: dict[str, Any]) -> by
 
 async def _closed_loop(
     port: int, path: str, rows: list[list[float]], seconds: float, connections: int = 64
-) -> tuple[float, float, float]:
-    """(requests/s, p50 ms, p99 ms) of ``connections`` clients each sending the next request on an answer: the
+) -> tuple[float, float, float, int]:
+    """(requests/s, p50 ms, p99 ms, requests) of ``connections`` clients each sending the next request on an answer: the
     open loop's requests without SLO parameters (``rows`` in turn, each client from its own), so a capacity is
     read with what the fixed configurations' load sends. With one row and without the content type and the
     empty parameters it read 4% higher (28,200 against 27,000 queries/s, `digits`, session 27)."""
@@ -224,7 +227,7 @@ async def _closed_loop(
     started = time.perf_counter()
     await asyncio.gather(*(client(k) for k in range(connections)))
     p50, p99 = np.percentile(latencies, [50, 99])
-    return len(latencies) / (time.perf_counter() - started), float(p50), float(p99)
+    return len(latencies) / (time.perf_counter() - started), float(p50), float(p99), len(latencies)
 
 
 def _generator_main(raw: str, out_path: str) -> None:
@@ -449,7 +452,7 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
     proc, port = start_server(repo, home, log, metrics_port=metrics_port)
     rows = [row.tolist() for row in x[:32]]
     fp32_path = f"/v2/models/{name}/versions/fp32/infer"
-    _, idle_p50, idle_p99 = generate(kind="closed", port=port, path=fp32_path, rows=rows, seconds=2, connections=1)
+    _, idle_p50, idle_p99, _ = generate(kind="closed", port=port, path=fp32_path, rows=rows, seconds=2, connections=1)
     classes = classes_for(records, idle_p99, args.tight_ms)
     console.print(
         f"[bold]{name}[/]: idle end-to-end over HTTP (fp32, one connection) p50 {idle_p50:.2f} ms, p99 "
@@ -465,12 +468,22 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
     try:
         # the median of three: the VM's speed swings by 10-15% within minutes, and one lucky reading (18,695
         # against 16,000-17,500 req/s measured around it) makes every step a heavier load than it says
-        readings = sorted(read_capacity(port, fp32_path, rows) for _ in range(3))
+        cycle: dict[str, float] = {}
+        closed = [read_capacity(port, fp32_path, rows, proc.pid) for _ in range(3)]
+        readings = sorted(rate for rate, _ in closed)
         capacity = readings[1]
         console.print(
             f"capacity (closed loop, 64 connections, fp32 pinned, median of "
             f"{', '.join(f'{r:,.0f}' for r in readings)}): {capacity:,.0f} req/s"
         )
+        if args.simulate:  # the simulator's event-loop front end, from these closed loops and two light open ones
+            cycle = calibrate_cycles(port, name, rows, classes, capacity, min(ms for _, ms in closed), proc.pid)
+            console.print(
+                f"the server's event loop: ~{cycle['request_ms'] * 1e3:.1f} µs a model-less request and "
+                f"~{cycle['cycle_ms'] * 1e3:.1f} µs a cycle (fp32 pinned: {cycle['closed_ms'] * 1e3:.1f} µs a "
+                f"request with 64 connections, {cycle['light_ms'] * 1e3:.1f} µs at 10% of capacity; model-less "
+                f"{cycle['premium_ms'] * 1e3:+.1f} µs there)"
+            )
         # the machine's speed drifts during a run (by 20% within one model's steps, session 17): one more reading
         # after each step shows how much of the capacity each step's rate really was
         capacities = {"start": capacity}
@@ -519,7 +532,7 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
                     acc["front"] += after[proc.pid] - before[proc.pid]
                     acc["runs"].append(run["attainment"])
                     acc["cpu_runs"].append(run["cpu_s_per_1k"])
-            capacities[step] = read_capacity(port, fp32_path, rows)
+            capacities[step] = read_capacity(port, fp32_path, rows)[0]
             if args.verbose:
                 console.print(
                     f"capacity after the {step:.0%} step: {capacities[step]:,.0f} req/s "
@@ -538,7 +551,7 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
         proc.wait(60)
     print_table(name, out, classes, capacities)
     if args.simulate:
-        simulate_compare(name, repo, home, capacity, classes, args, out)
+        simulate_compare(name, repo, home, capacity, classes, args, out, cycle)
     console.print(f"server log: {log}")
     return out
 
@@ -583,9 +596,53 @@ def _misses(results: list[list[Any]], classes: list[SloClass], accuracy: dict[st
     return dict(out)
 
 
-def read_capacity(port: int, path: str, rows: list[list[float]]) -> float:
-    """Requests/s of a 2 s closed loop (64 connections, one row a request, :func:`_closed_loop`) on ``path``."""
-    return float(generate(kind="closed", port=port, path=path, rows=rows, seconds=2, connections=64)[0])
+def read_capacity(port: int, path: str, rows: list[list[float]], pid: int | None = None) -> tuple[float, float]:
+    """Requests/s of a 2 s closed loop (64 connections, one row a request, :func:`_closed_loop`) on ``path``,
+    and with ``pid`` the server process's own CPU ms a request (else nan)."""
+    before = cpu_by_process(pid).get(pid, 0.0) if pid is not None else math.nan
+    rate, _, _, count = generate(kind="closed", port=port, path=path, rows=rows, seconds=2, connections=64)
+    after = cpu_by_process(pid).get(pid, 0.0) if pid is not None else math.nan
+    return float(rate), (after - before) * 1e3 / max(count, 1)
+
+
+def calibrate_cycles(
+    port: int, name: str, rows: list[list[float]], classes: list[SloClass], capacity: float, closed_ms: float, pid: int
+) -> dict[str, float]:
+    """The simulator's event-loop front end (``sloserve simulate --frontend-ms C --frontend-cycle-ms F``) from
+    what the server's process spent a request where cycles carry many (``closed_ms``: closed loops of 64
+    connections, fp32 pinned, the least of the capacity readings) and where they carry about one (open loops at
+    10% of ``capacity``, 2 s after a 1 s warm-up, fp32 pinned and model-less): F = the light load's cost less the
+    closed loop's, C = the closed loop's plus model-less's premium at the light load. Measured once, before the
+    steps it then predicts (their own costs are what the FIFO front end is given)."""
+    light: dict[str, float] = {}
+    for label, path, send_slo in (
+        ("fp32", f"/v2/models/{name}/versions/fp32/infer", False),
+        ("modelless", f"/v2/models/{name}/infer", True),
+    ):
+        measured = generate(
+            kind="open",
+            port=port,
+            path=path,
+            rows=rows,
+            connections=16,
+            rate=0.1 * capacity,
+            send_slo=send_slo,
+            classes=[c.__dict__ for c in classes],
+            warmup=1.0,
+            seconds=2.0,
+            seed=7,
+            cpu_pid=pid,
+        )
+        before, after = measured["cpu"]
+        light[label] = (after[pid] - before[pid]) * 1e3 / max(len(measured["results"]), 1)
+    premium = light["modelless"] - light["fp32"]
+    return {
+        "request_ms": closed_ms + premium,
+        "cycle_ms": max(0.0, light["fp32"] - closed_ms),
+        "closed_ms": closed_ms,
+        "light_ms": light["fp32"],
+        "premium_ms": premium,
+    }
 
 
 def step_capacity(capacities: dict[Any, float], step: float) -> str:
@@ -664,31 +721,46 @@ def simulate_compare(
     classes: list[SloClass],
     args: argparse.Namespace,
     out: list[tuple[str, float, dict[str, Any]]],
+    cycle: dict[str, float],
 ) -> None:
-    """The same steps in the simulator, at 1x and 100x the rate, against the measured model-less attainment.
+    """The same steps in the simulator against the measured model-less attainment.
 
-    The simulated front end costs what the server's own process spent per query in that step
-    (CPU, measured: it falls as load rises and syscalls and wake-ups are shared); at 100x there
-    are 100 front ends and 100x the CPUs. Once on a steady machine, once on one whose speed
-    varies as this one's does (``--sim-speed-sigma`` per ``--sim-speed-window-ms``)."""
+    Two front ends. The FIFO one costs what the server's own process spent per query in that step (measured in
+    the step it then simulates: it falls as load rises and the loop's cycles carry more requests). The event
+    loop (``--frontend-cycle-ms``) costs what :func:`calibrate_cycles` measured before the steps: a fixed cost a
+    cycle and a cost a request, so what a query costs at each step is the simulator's prediction, printed beside
+    the measured one. The loop runs at 1x on a steady machine and on one whose speed varies as this one's does
+    (``--sim-speed-sigma`` per ``--sim-speed-window-ms``), and at 100x the rate over 100 loops and 100x the CPUs."""
     modelless = sorted((s, r) for label, s, r in out if label == "modelless")
     if not modelless:
         return
-    table = Table(title=f"{name}: simulator vs measurement (model-less)")
-    varying = f"sim 1x, speed sigma {args.sim_speed_sigma:g}"
-    columns = ("load", "front end ms/query", "measured", "simulated 1x", varying, "sim 1x, free front end", "sim 100x")
+    table = Table(
+        title=f"{name}: simulator vs measurement (model-less); the event loop: {cycle['request_ms'] * 1e3:.1f} µs a "
+        f"request, {cycle['cycle_ms'] * 1e3:.1f} µs a cycle"
+    )
+    columns = (
+        "load",
+        "µs/query measured",
+        "µs/query loop",
+        "measured",
+        "FIFO 1x (measured µs)",
+        "loop 1x",
+        f"loop 1x, speed sigma {args.sim_speed_sigma:g}",
+        "loop 100x",
+    )
     for col in columns:
         table.add_column(col, justify="right")
     env = {**os.environ, "SLOSERVE_HOME": str(home)}
     slo_flags = [f"--slo={c.name}:{c.latency_ms}:{c.min_accuracy}:0.5" for c in classes]
     for step, measured in modelless:
         frontend_ms = measured["frontend_ms"]
-        sims = []
-        for scale, front, sigma in (
-            (1, frontend_ms, 0.0),
-            (1, frontend_ms, args.sim_speed_sigma),
-            (1, 0.0, 0.0),
-            (100, frontend_ms, 0.0),
+        sims: list[str] = []
+        predicted_us = "-"
+        for scale, front, cycle_ms, sigma in (
+            (1, frontend_ms, 0.0, 0.0),
+            (1, cycle["request_ms"], cycle["cycle_ms"], 0.0),
+            (1, cycle["request_ms"], cycle["cycle_ms"], args.sim_speed_sigma),
+            (100, cycle["request_ms"], cycle["cycle_ms"], 0.0),
         ):
             cmd = [
                 sys.executable,
@@ -707,6 +779,8 @@ def simulate_compare(
                 str(2 * scale),
                 "--frontend-ms",
                 str(front),
+                "--frontend-cycle-ms",
+                str(cycle_ms),
                 "--frontend-workers",
                 str(scale),
                 "--frontend-speed-sigma",
@@ -724,7 +798,9 @@ def simulate_compare(
                 continue
             report = json.loads(done.stdout)
             sims.append(f"{report['attainment']:.2%}")
-        table.add_row(f"{step:.0%}", f"{frontend_ms:.3f}", f"{measured['attainment']:.2%}", *sims)
+            if scale == 1 and cycle_ms > 0 and sigma == 0:
+                predicted_us = f"{report['frontend_ms_per_query'] * 1e3:.1f}"
+        table.add_row(f"{step:.0%}", f"{frontend_ms * 1e3:.1f}", predicted_us, f"{measured['attainment']:.2%}", *sims)
     console.print(table)
 
 
