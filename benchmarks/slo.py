@@ -32,8 +32,9 @@ process and its workers during the step / queries sent x 1000; the server proces
 share per query is the front end's cost. Finally the same steps run in `sloserve simulate`
 (the same policies, simulated replicas from the same profiles) at 1x and 100x the rate, and the
 1x attainment is compared with the measured one: with a FIFO front end costing what each step
-measured, and with an event-loop front end (a cost a cycle and a cost a request, read from
-closed loops and light open loops before the steps) whose cost per query the simulator predicts.
+measured, and with an event-loop front end (a cost a request and a wake-up whenever it idled,
+read from closed loops and a light open loop before the steps) whose cost per query the
+simulator predicts.
 
 The load generator runs on the same machine as the server: on a 2-core box its CPU competes
 with the front end's, which is part of what the table shows.
@@ -203,13 +204,20 @@ def request_bytes(path: str, row: list[float], parameters: dict[str, Any]) -> by
 
 
 async def _closed_loop(
-    port: int, path: str, rows: list[list[float]], seconds: float, connections: int = 64
+    port: int,
+    path: str,
+    rows: list[list[float]],
+    seconds: float,
+    connections: int = 64,
+    classes: list[dict[str, Any]] | None = None,
 ) -> tuple[float, float, float, int]:
-    """(requests/s, p50 ms, p99 ms, requests) of ``connections`` clients each sending the next request on an answer: the
-    open loop's requests without SLO parameters (``rows`` in turn, each client from its own), so a capacity is
-    read with what the fixed configurations' load sends. With one row and without the content type and the
-    empty parameters it read 4% higher (28,200 against 27,000 queries/s, `digits`, session 27)."""
-    requests = [request_bytes(path, row, {}) for row in rows[:32]]
+    """(requests/s, p50 ms, p99 ms, requests) of ``connections`` clients each sending the next request on an
+    answer: the open loop's requests (``rows`` in turn, each client from its own), without SLO parameters (what
+    the fixed configurations' load sends, so a capacity is read with it) or with ``classes``' in turn. With one
+    row and without the content type and the empty parameters it read 4% higher (28,200 against 27,000
+    queries/s, `digits`, session 27)."""
+    params = [{"latency_slo_ms": c["latency_ms"], "min_accuracy": c["min_accuracy"]} for c in classes or []] or [{}]
+    requests = [request_bytes(path, row, params[i % len(params)]) for i, row in enumerate(rows[:32])]
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
 
@@ -236,7 +244,9 @@ def _generator_main(raw: str, out_path: str) -> None:
     uvloop.install()
     args = json.loads(raw)
     if args["kind"] == "closed":
-        closed = _closed_loop(args["port"], args["path"], args["rows"], args["seconds"], args["connections"])
+        closed = _closed_loop(
+            args["port"], args["path"], args["rows"], args["seconds"], args["connections"], args.get("classes")
+        )
         result: Any = asyncio.run(closed)
     else:
         results, errors, cpu, busy, seen_late = asyncio.run(
@@ -468,7 +478,7 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
     try:
         # the median of three: the VM's speed swings by 10-15% within minutes, and one lucky reading (18,695
         # against 16,000-17,500 req/s measured around it) makes every step a heavier load than it says
-        cycle: dict[str, float] = {}
+        loop: dict[str, float] = {}
         closed = [read_capacity(port, fp32_path, rows, proc.pid) for _ in range(3)]
         readings = sorted(rate for rate, _ in closed)
         capacity = readings[1]
@@ -476,13 +486,12 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
             f"capacity (closed loop, 64 connections, fp32 pinned, median of "
             f"{', '.join(f'{r:,.0f}' for r in readings)}): {capacity:,.0f} req/s"
         )
-        if args.simulate:  # the simulator's event-loop front end, from these closed loops and two light open ones
-            cycle = calibrate_cycles(port, name, rows, classes, capacity, min(ms for _, ms in closed), proc.pid)
+        if args.simulate:  # the simulator's event-loop front end, from these closed loops and a light open one
+            loop = calibrate_loop(port, name, rows, classes, capacity, min(ms for _, ms in closed), proc.pid)
             console.print(
-                f"the server's event loop: ~{cycle['request_ms'] * 1e3:.1f} µs a model-less request and "
-                f"~{cycle['cycle_ms'] * 1e3:.1f} µs a cycle (fp32 pinned: {cycle['closed_ms'] * 1e3:.1f} µs a "
-                f"request with 64 connections, {cycle['light_ms'] * 1e3:.1f} µs at 10% of capacity; model-less "
-                f"{cycle['premium_ms'] * 1e3:+.1f} µs there)"
+                f"the server's event loop: ~{loop['request_ms'] * 1e3:.1f} µs a model-less request and "
+                f"~{loop['wake_ms'] * 1e3:.1f} µs a wake-up (fp32 pinned: {loop['closed_ms'] * 1e3:.1f} µs a "
+                f"request with 64 connections, {loop['light_ms'] * 1e3:.1f} µs at {LIGHT_LOAD:.0%} of capacity)"
             )
         # the machine's speed drifts during a run (by 20% within one model's steps, session 17): one more reading
         # after each step shows how much of the capacity each step's rate really was
@@ -551,7 +560,7 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
         proc.wait(60)
     print_table(name, out, classes, capacities)
     if args.simulate:
-        simulate_compare(name, repo, home, capacity, classes, args, out, cycle)
+        simulate_compare(name, repo, home, capacity, classes, args, out, loop)
     console.print(f"server log: {log}")
     return out
 
@@ -596,53 +605,72 @@ def _misses(results: list[list[Any]], classes: list[SloClass], accuracy: dict[st
     return dict(out)
 
 
-def read_capacity(port: int, path: str, rows: list[list[float]], pid: int | None = None) -> tuple[float, float]:
+def read_capacity(
+    port: int,
+    path: str,
+    rows: list[list[float]],
+    pid: int | None = None,
+    classes: list[dict[str, Any]] | None = None,
+) -> tuple[float, float]:
     """Requests/s of a 2 s closed loop (64 connections, one row a request, :func:`_closed_loop`) on ``path``,
     and with ``pid`` the server process's own CPU ms a request (else nan)."""
     before = cpu_by_process(pid).get(pid, 0.0) if pid is not None else math.nan
-    rate, _, _, count = generate(kind="closed", port=port, path=path, rows=rows, seconds=2, connections=64)
+    rate, _, _, count = generate(
+        kind="closed", port=port, path=path, rows=rows, seconds=2, connections=64, classes=classes
+    )
     after = cpu_by_process(pid).get(pid, 0.0) if pid is not None else math.nan
     return float(rate), (after - before) * 1e3 / max(count, 1)
 
 
-def calibrate_cycles(
+LIGHT_LOAD = 0.1
+"""The share of capacity at which :func:`calibrate_loop` reads what a wake-up costs (most requests wake the loop)."""
+
+
+def calibrate_loop(
     port: int, name: str, rows: list[list[float]], classes: list[SloClass], capacity: float, closed_ms: float, pid: int
 ) -> dict[str, float]:
-    """The simulator's event-loop front end (``sloserve simulate --frontend-ms C --frontend-cycle-ms F``) from
-    what the server's process spent a request where cycles carry many (``closed_ms``: closed loops of 64
-    connections, fp32 pinned, the least of the capacity readings) and where they carry about one (open loops at
-    10% of ``capacity``, 2 s after a 1 s warm-up, fp32 pinned and model-less): F = the light load's cost less the
-    closed loop's, C = the closed loop's plus model-less's premium at the light load. Measured once, before the
-    steps it then predicts (their own costs are what the FIFO front end is given)."""
-    light: dict[str, float] = {}
-    for label, path, send_slo in (
-        ("fp32", f"/v2/models/{name}/versions/fp32/infer", False),
-        ("modelless", f"/v2/models/{name}/infer", True),
-    ):
-        measured = generate(
-            kind="open",
-            port=port,
-            path=path,
-            rows=rows,
-            connections=16,
-            rate=0.1 * capacity,
-            send_slo=send_slo,
-            classes=[c.__dict__ for c in classes],
-            warmup=1.0,
-            seconds=2.0,
-            seed=7,
-            cpu_pid=pid,
-        )
-        before, after = measured["cpu"]
-        light[label] = (after[pid] - before[pid]) * 1e3 / max(len(measured["results"]), 1)
-    premium = light["modelless"] - light["fp32"]
-    return {
-        "request_ms": closed_ms + premium,
-        "cycle_ms": max(0.0, light["fp32"] - closed_ms),
-        "closed_ms": closed_ms,
-        "light_ms": light["fp32"],
-        "premium_ms": premium,
-    }
+    """The simulator's event-loop front end (``sloserve simulate --frontend-ms C --frontend-wake-ms W``),
+    measured before the steps it then predicts (the FIFO front end is given each step's own cost).
+
+    C is what a model-less request costs the server's process where the loop never idles: a closed loop of 64
+    connections sending the classes' requests (nothing is held on a saturated loop). W is the wake-up that makes
+    an open loop of `fp32` pinned at :data:`LIGHT_LOAD` of ``capacity`` (2 s after a 1 s warm-up; most
+    requests wake the loop) cost what it did over ``closed_ms`` a request (`fp32` pinned, 64 connections), the
+    simulator's own loop (seeded Poisson arrivals at that rate) fitted to it: the same model's pinned requests
+    both, so model-less's holds, which the simulated loop does not see, stay out of it."""
+    from sloserve.sim.engine import frontend_cycles_ms
+
+    modelless_ms = read_capacity(port, f"/v2/models/{name}/infer", rows, pid, [c.__dict__ for c in classes])[1]
+    rate = LIGHT_LOAD * capacity
+    measured = generate(
+        kind="open",
+        port=port,
+        path=f"/v2/models/{name}/versions/fp32/infer",
+        rows=rows,
+        connections=16,
+        rate=rate,
+        send_slo=False,
+        classes=[c.__dict__ for c in classes],
+        warmup=1.0,
+        seconds=2.0,
+        seed=7,
+        cpu_pid=pid,
+    )
+    before, after = measured["cpu"]
+    light_ms = (after[pid] - before[pid]) * 1e3 / max(len(measured["results"]), 1)
+    arrivals = np.cumsum(np.random.default_rng(7).exponential(1e3 / rate, int(rate * 2)))
+    services = np.full(len(arrivals), closed_ms)
+
+    def mean_cost(wake_ms: float) -> float:
+        return float(frontend_cycles_ms(arrivals, services, np.full(len(arrivals), wake_ms))[1].mean())
+
+    low, high = 0.0, max(0.0, light_ms - closed_ms) * 4
+    if mean_cost(high) < light_ms:  # a cost no wake-up explains: the most the search allows
+        low = high
+    for _ in range(40):  # the mean cost grows with the wake-up's: bisect
+        middle = (low + high) / 2
+        low, high = (middle, high) if mean_cost(middle) < light_ms else (low, middle)
+    return {"request_ms": modelless_ms, "wake_ms": (low + high) / 2, "closed_ms": closed_ms, "light_ms": light_ms}
 
 
 def step_capacity(capacities: dict[Any, float], step: float) -> str:
@@ -721,22 +749,22 @@ def simulate_compare(
     classes: list[SloClass],
     args: argparse.Namespace,
     out: list[tuple[str, float, dict[str, Any]]],
-    cycle: dict[str, float],
+    loop: dict[str, float],
 ) -> None:
     """The same steps in the simulator against the measured model-less attainment.
 
     Two front ends. The FIFO one costs what the server's own process spent per query in that step (measured in
-    the step it then simulates: it falls as load rises and the loop's cycles carry more requests). The event
-    loop (``--frontend-cycle-ms``) costs what :func:`calibrate_cycles` measured before the steps: a fixed cost a
-    cycle and a cost a request, so what a query costs at each step is the simulator's prediction, printed beside
+    the step it then simulates: it falls as load rises and the loop idles less). The event loop
+    (``--frontend-wake-ms``) costs what :func:`calibrate_loop` measured before the steps: a cost a request and a
+    wake-up whenever it idled, so what a query costs at each step is the simulator's prediction, printed beside
     the measured one. The loop runs at 1x on a steady machine and on one whose speed varies as this one's does
     (``--sim-speed-sigma`` per ``--sim-speed-window-ms``), and at 100x the rate over 100 loops and 100x the CPUs."""
     modelless = sorted((s, r) for label, s, r in out if label == "modelless")
     if not modelless:
         return
     table = Table(
-        title=f"{name}: simulator vs measurement (model-less); the event loop: {cycle['request_ms'] * 1e3:.1f} µs a "
-        f"request, {cycle['cycle_ms'] * 1e3:.1f} µs a cycle"
+        title=f"{name}: simulator vs measurement (model-less); the event loop: {loop['request_ms'] * 1e3:.1f} µs a "
+        f"request, {loop['wake_ms'] * 1e3:.1f} µs a wake-up"
     )
     columns = (
         "load",
@@ -756,11 +784,11 @@ def simulate_compare(
         frontend_ms = measured["frontend_ms"]
         sims: list[str] = []
         predicted_us = "-"
-        for scale, front, cycle_ms, sigma in (
+        for scale, front, wake_ms, sigma in (
             (1, frontend_ms, 0.0, 0.0),
-            (1, cycle["request_ms"], cycle["cycle_ms"], 0.0),
-            (1, cycle["request_ms"], cycle["cycle_ms"], args.sim_speed_sigma),
-            (100, cycle["request_ms"], cycle["cycle_ms"], 0.0),
+            (1, loop["request_ms"], loop["wake_ms"], 0.0),
+            (1, loop["request_ms"], loop["wake_ms"], args.sim_speed_sigma),
+            (100, loop["request_ms"], loop["wake_ms"], 0.0),
         ):
             cmd = [
                 sys.executable,
@@ -779,8 +807,8 @@ def simulate_compare(
                 str(2 * scale),
                 "--frontend-ms",
                 str(front),
-                "--frontend-cycle-ms",
-                str(cycle_ms),
+                "--frontend-wake-ms",
+                str(wake_ms),
                 "--frontend-workers",
                 str(scale),
                 "--frontend-speed-sigma",
@@ -798,7 +826,7 @@ def simulate_compare(
                 continue
             report = json.loads(done.stdout)
             sims.append(f"{report['attainment']:.2%}")
-            if scale == 1 and cycle_ms > 0 and sigma == 0:
+            if scale == 1 and wake_ms > 0 and sigma == 0:
                 predicted_us = f"{report['frontend_ms_per_query'] * 1e3:.1f}"
         table.add_row(f"{step:.0%}", f"{frontend_ms * 1e3:.1f}", predicted_us, f"{measured['attainment']:.2%}", *sims)
     console.print(table)

@@ -73,14 +73,14 @@ class SimConfig:
     """Front-end CPU per request (HTTP parsing, selection, encoding): each request waits its turn at one of
     ``frontend_workers`` FIFO front ends for this long before admission. 0: a front end that costs nothing."""
     frontend_workers: int = 1
-    frontend_cycle_ms: float = 0.0
-    """A front end's cost per cycle of its event loop, on top of ``frontend_ms`` per request: > 0 makes each front
-    end an event loop (:func:`~sloserve.sim.engine.frontend_cycles_ms`) that reads what has arrived, handles it and
-    hands it over together, so a request waits for the cycle under way and then its own, and the fewer requests
-    share a cycle the more each costs. The server's loop measured ~0.13 ms a cycle and ~0.033 ms a request
-    (`benchmarks/cycles.py`, `digits`, session 27): its knee near 80% of the capacity read with 64 connections.
-    With several front ends each request goes to one at random. 0: FIFO front ends that cost ``frontend_ms``
-    a request."""
+    frontend_wake_ms: float = 0.0
+    """> 0 makes each front end an event loop (:func:`~sloserve.sim.engine.frontend_cycles_ms`): it reads what has
+    arrived, handles it (``frontend_ms`` a request) and hands it over together, and when it has idled it first
+    wakes up, which costs this long (reading what arrives meanwhile too). A request alone on a lightly loaded loop
+    pays a whole wake-up, one on a loop that never idles none: the server's cost a query falls with load so. On
+    the development VM, `digits` pinned to `fp32`: ~0.034 ms a request and a ~0.07 ms wake-up (`benchmarks/slo.py`
+    reads both before its steps). With several front ends each request goes to one at random. 0: FIFO front ends
+    that cost ``frontend_ms`` a request."""
     frontend_speed_sigma: float = 0.0
     """How much the machine's speed varies under the front ends: the requests arriving in each
     ``frontend_speed_window_ms`` window cost ``frontend_ms`` x one lognormal factor (mean 1, this sigma), shared
@@ -109,10 +109,8 @@ class SimConfig:
             raise InvalidArgumentError(
                 f"--frontend-speed-window-ms must be a positive number, got {self.frontend_speed_window_ms}"
             )
-        if not (math.isfinite(self.frontend_cycle_ms) and self.frontend_cycle_ms >= 0):
-            raise InvalidArgumentError(
-                f"--frontend-cycle-ms must be a non-negative number, got {self.frontend_cycle_ms}"
-            )
+        if not (math.isfinite(self.frontend_wake_ms) and self.frontend_wake_ms >= 0):
+            raise InvalidArgumentError(f"--frontend-wake-ms must be a non-negative number, got {self.frontend_wake_ms}")
         if self.frontend_workers < 1:
             raise InvalidArgumentError(f"--frontend-workers must be at least 1, got {self.frontend_workers}")
         if not self.autoscale_interval_s > 0:

@@ -41,11 +41,11 @@ encoding), which holds it that long; admission, and the server's deadline
 (admission + SLO, as the real server only sees a request once it is parsed), start
 there, while attainment is judged from the client's send time. This is what makes
 a small model's serving front-end-bound, as it is on a real machine. With
-``frontend_cycle_ms`` > 0 each front end is an event loop instead, working in cycles
-(:func:`frontend_cycles_ms`): what a request costs then depends on how many share its
-cycle, which is where a one-loop server's knee comes from. Requests a front end hands
-over together are admitted together and batched together, as the server's loop
-batches what one cycle read.
+``frontend_wake_ms`` > 0 each front end is an event loop instead, working in cycles
+(:func:`frontend_cycles_ms`) and paying a wake-up whenever it idled: what a request costs
+then falls as the load rises, as the server's does. Requests a front end hands over
+together are admitted together and batched together, as the server's loop batches what
+one cycle read.
 
 Service time = the variant's latency model at the batch's rows x ``slowdown`` x
 lognormal noise (median 1, ``noise_sigma``). Everything random is drawn from numpy
@@ -163,18 +163,17 @@ def frontend_exit_ms(arrivals_ms: FloatArray, service_ms: float | FloatArray, wo
 def frontend_cycles_ms(
     arrivals_ms: FloatArray,
     services_ms: FloatArray,
-    cycle_ms: FloatArray,
+    wake_ms: FloatArray,
     loops: np.ndarray[Any, np.dtype[np.int64]] | None = None,
 ) -> tuple[FloatArray, FloatArray]:
     """Front ends that are event loops: when each request (sorted arrivals) leaves its loop, and what it cost it.
 
-    A loop works in cycles. One starts when the one before it ends, or at the next arrival if the loop had
-    nothing to do, and takes every request that has come to that loop by then; it lasts its fixed cost (the
-    ``cycle_ms`` of its first request: polling, the batch's wake-up, code gone cold since the last cycle) plus
-    its requests' ``services_ms``, and hands them all over at its end. A request costs its service plus its
-    share of its cycle's fixed cost: on a loop that is always busy a cycle lasts F / (1 - λc), so the busier
-    the loop the more requests share a cycle and the less each costs, until λc nears 1. ``loops``: the loop each
-    request comes to (None: one).
+    A loop works in cycles: each reads every request that has come to it, handles them one after another (their
+    ``services_ms``) and hands them all over at its end. A busy loop starts the next cycle as one ends. An idle one
+    first wakes up, for the ``wake_ms`` of the request that wakes it, and reads what has come by then: the
+    wake-up costs the loop that much too, shared by the requests its cycle reads. So a request alone on a lightly
+    loaded loop pays a whole wake-up, and on a loop that never idles none. ``loops``: the loop each request comes
+    to (None: one).
     """
     n = len(arrivals_ms)
     exits = np.empty(n, dtype=np.float64)
@@ -188,16 +187,17 @@ def frontend_cycles_ms(
     for index in groups:
         arrivals = arrivals_ms[index].tolist()
         prefix = np.concatenate(([0.0], np.cumsum(services_ms[index]))).tolist()
-        fixed = cycle_ms[index].tolist()
+        wakes = wake_ms[index].tolist()
         left: list[float] = []
         share: list[float] = []
         free, k, m = -math.inf, 0, len(arrivals)
         while k < m:
-            start = max(free, arrivals[k])
+            wake = wakes[k] if arrivals[k] > free else 0.0
+            start = arrivals[k] + wake if wake else free
             j = bisect_right(arrivals, start, k + 1)
-            free = start + fixed[k] + prefix[j] - prefix[k]
+            free = start + prefix[j] - prefix[k]
             left += [free] * (j - k)
-            share += [fixed[k] / (j - k)] * (j - k)
+            share += [wake / (j - k)] * (j - k)
             k = j
         exits[index] = left
         shares[index] = share
@@ -244,8 +244,8 @@ class Simulator:
         self.order: list[int] | None = None
         """The requests in the order their front ends hand them over, where that is not arrival order (several
         event loops); None: arrival order."""
-        if config.frontend_cycle_ms > 0:
-            factors = frontend_service_ms(  # the machine's speed at each arrival, for its service and its cycle's
+        if config.frontend_wake_ms > 0:
+            factors = frontend_service_ms(  # the machine's speed at each arrival, for its service and a wake-up
                 workload.time_ms,
                 1.0,
                 config.frontend_speed_sigma,
@@ -255,7 +255,7 @@ class Simulator:
             workers = config.frontend_workers
             loops = np.random.default_rng(seeds[3]).integers(workers, size=n) if workers > 1 else None
             admitted_ms, costs = frontend_cycles_ms(
-                workload.time_ms, config.frontend_ms * factors, config.frontend_cycle_ms * factors, loops
+                workload.time_ms, config.frontend_ms * factors, config.frontend_wake_ms * factors, loops
             )
             if loops is not None:
                 self.order = np.argsort(admitted_ms, kind="stable").tolist()
@@ -268,7 +268,7 @@ class Simulator:
                 np.random.default_rng(seeds[2]),
             )
             admitted_ms = frontend_exit_ms(workload.time_ms, costs, config.frontend_workers)
-        varies = config.frontend_speed_sigma > 0 or config.frontend_cycle_ms > 0
+        varies = config.frontend_speed_sigma > 0 or config.frontend_wake_ms > 0
         self.frontend_costs: list[float] | None = costs.tolist() if varies else None
         """What each request cost its front end (the busy share's measure); None: ``frontend_ms`` each."""
         self.frontend_busy_ms = float(costs.sum())

@@ -85,20 +85,20 @@ def test_tables_steps_and_baselines(family: Path, capsys: pytest.CaptureFixture[
 
 
 def test_an_event_loop_front_end_from_the_command_line(family: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """--frontend-cycle-ms makes each front end an event loop: a request costs its --frontend-ms and its share of
-    its cycle's, fewer the busier the loop; the report says what a query cost the front ends."""
+    """--frontend-wake-ms makes each front end an event loop that wakes up when it has idled: a request costs its
+    --frontend-ms and its share of a wake-up, less the busier the loop; the report says what a query cost."""
     args = ("--family", str(family), "--duration", "3", "--cpus", "4", "--slo", "good:50:0.95:1")
     fifo = simulate_json(capsys, *args, "--rate", "500", "--frontend-ms", "0.2")
     assert fifo["frontend_ms_per_query"] == pytest.approx(0.2)
     costs = [
-        simulate_json(capsys, *args, "--rate", rate, "--frontend-ms", "0.2", "--frontend-cycle-ms", "0.5")[
+        simulate_json(capsys, *args, "--rate", rate, "--frontend-ms", "0.2", "--frontend-wake-ms", "0.5")[
             "frontend_ms_per_query"
         ]
         for rate in ("100", "2000")
     ]
     assert isinstance(costs[0], float) and isinstance(costs[1], float)
     assert costs[0] > 0.65 > 0.5 > costs[1] > 0.2
-    assert main(["simulate", *args, "--rate", "500", "--frontend-ms", "0.2", "--frontend-cycle-ms", "0.5"]) == 0
+    assert main(["simulate", *args, "--rate", "500", "--frontend-ms", "0.2", "--frontend-wake-ms", "0.5"]) == 0
     assert "front end ms per query" in capsys.readouterr().out
 
 
@@ -120,7 +120,7 @@ def test_csv_workload(family: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
         (["--rate", "5"], "choose the variants"),
         (["--synthetic", "2", "--rate", "5", "--slo", "x:5:0.9"], "--slo"),
         (["--synthetic", "2", "--rate", "5", "--policy", "fixed:nope"], "no variant 'nope'"),
-        (["--synthetic", "2", "--rate", "5", "--frontend-cycle-ms", "-1"], "--frontend-cycle-ms must be"),
+        (["--synthetic", "2", "--rate", "5", "--frontend-wake-ms", "-1"], "--frontend-wake-ms must be"),
         (["--model", "digits", "--rate", "5"], "register"),
     ],
 )
@@ -150,6 +150,6 @@ def test_help_describes_the_workloads(capsys: pytest.CaptureFixture[str]) -> Non
         "--slo",
         "maxbatch:VARIANT:TIMEOUT_MS",
         "--cpus",
-        "--frontend-cycle-ms",
+        "--frontend-wake-ms",
     ):
         assert text in out

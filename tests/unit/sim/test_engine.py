@@ -297,56 +297,55 @@ def test_a_front_end_near_its_limit_misses_more_on_a_machine_whose_speed_varies(
         run(trio, [Segment(1, 10)], tight, SimConfig(frontend_speed_window_ms=0.0))
 
 
-def test_an_event_loop_front_end_works_in_cycles_that_share_their_fixed_cost() -> None:
-    """A cycle takes what has arrived by its start, lasts its fixed cost plus its requests' services, and hands
-    them all over at its end; a request costs its service and its share of the fixed cost."""
+def test_an_event_loop_front_end_wakes_up_when_it_has_idled_and_shares_the_wake_up() -> None:
+    """A cycle reads what has come, handles it and hands it over at its end; an idle loop first wakes up, which
+    takes and costs its wake-up, and reads what came meanwhile too; a busy loop goes on without one."""
     from sloserve.sim.engine import frontend_cycles_ms
 
-    arrivals = np.array([0.0, 0.01, 0.02, 5.0])
-    services = np.full(4, 0.1)
-    exits, costs = frontend_cycles_ms(arrivals, services, np.full(4, 0.5))
-    # the first alone (the others came after it began), the next two together, the last on an idle loop
-    assert exits.tolist() == pytest.approx([0.6, 1.3, 1.3, 5.6])
-    assert costs.tolist() == pytest.approx([0.6, 0.35, 0.35, 0.6])
+    services, wakes = np.full(4, 0.1), np.full(4, 0.5)
+    # woken by the first, it reads the next two with it; the last wakes it again
+    exits, costs = frontend_cycles_ms(np.array([0.0, 0.01, 0.02, 5.0]), services, wakes)
+    assert exits.tolist() == pytest.approx([0.8, 0.8, 0.8, 5.6])
+    assert costs.tolist() == pytest.approx([0.1 + 0.5 / 3] * 3 + [0.6])
+    # the second comes as the first cycle ends: no wake-up for it, nor for the third, which comes during its cycle
+    exits, costs = frontend_cycles_ms(np.array([0.0, 0.6, 0.65, 5.0]), services, wakes)
+    assert exits.tolist() == pytest.approx([0.6, 0.7, 0.8, 5.6])
+    assert costs.tolist() == pytest.approx([0.6, 0.1, 0.1, 0.6])
     # two loops: each request comes to its own, and none waits for the other loop's cycles
-    exits, costs = frontend_cycles_ms(arrivals, services, np.full(4, 0.5), np.array([0, 1, 0, 1]))
-    assert exits.tolist() == pytest.approx([0.6, 0.61, 1.2, 5.6])
-    assert costs.tolist() == pytest.approx([0.6] * 4)
-    # the machine's speed of the moment scales a cycle's fixed cost by its first request's factor
-    exits, _ = frontend_cycles_ms(arrivals[:1], services[:1] * 2, np.array([1.0]))
-    assert exits.tolist() == pytest.approx([1.2])
+    exits, costs = frontend_cycles_ms(np.array([0.0, 0.01, 0.02, 5.0]), services, wakes, np.array([0, 1, 0, 1]))
+    assert exits.tolist() == pytest.approx([0.7, 0.61, 0.7, 5.6])
+    assert costs.tolist() == pytest.approx([0.35, 0.6, 0.35, 0.6])
 
 
 def test_an_event_loop_front_end_costs_less_a_request_the_busier_it_is(trio: Family) -> None:
-    """With a cycle's fixed cost, a lightly loaded loop pays it for nearly every request, a busy one shares it
-    among the requests its longer cycles gather (the server's knee: what a request costs depends on the load),
-    and what one cycle hands over is batched together. Several loops take requests at random; a run is still
-    a pure function of its seed."""
+    """A lightly loaded loop wakes up for nearly every request, a busy one seldom idles (what a request costs
+    depends on the load, as the server's does), and what one cycle hands over is batched together. Several loops
+    take requests at random; a run is still a pure function of its seed."""
     loose = [klass("loose", 50, 0.85)]
-    config = SimConfig(cpus=8, frontend_ms=0.3, frontend_cycle_ms=0.6, max_slo_hold_ms=0.0)
+    config = SimConfig(cpus=8, frontend_ms=0.3, frontend_wake_ms=0.6, max_slo_hold_ms=0.0)
     light = run(trio, [Segment(3, 200)], loose, config)
     busy = run(trio, [Segment(3, 2500)], loose, config)
     assert light.frontend_ms_per_query is not None and busy.frontend_ms_per_query is not None
-    assert light.frontend_ms_per_query > 0.8  # alone in its cycle nearly always: 0.3 + 0.6
+    assert light.frontend_ms_per_query > 0.75  # nearly always a whole wake-up: 0.3 + 0.6
     assert busy.frontend_ms_per_query < 0.4  # 2.5 requests a ms at 0.3 each: cycles of several
     assert light.attainment is not None and light.attainment >= 0.99
     assert busy.attainment is not None and busy.attainment >= 0.99
     mid = next(v for v in busy.variants if v.id == "mid")
-    # a cycle's requests in one batch: ~7 rows (~4.5 with the first of each cycle dispatched alone)
-    assert mid.mean_batch_rows is not None and mid.mean_batch_rows > 6
-    # the same mean cost a request in FIFO front ends, the knee nowhere near: each pays the cycle alone
+    # a cycle's requests in one batch: 4.2 rows (3.6 with the first of each cycle dispatched alone)
+    assert mid.mean_batch_rows is not None and mid.mean_batch_rows > 3.9
+    # FIFO front ends that cost what a wake-up and a request do: saturated
     fifo = run(trio, [Segment(3, 2500)], loose, SimConfig(cpus=8, frontend_ms=0.9, max_slo_hold_ms=0.0))
     assert fifo.attainment is not None and fifo.attainment < 0.5
     assert run(trio, [Segment(3, 2500)], loose, config).outcome() == busy.outcome()
     # two loops share the load: each is less busy, its cycles carry fewer requests, and each costs more
-    two = SimConfig(cpus=8, frontend_ms=0.3, frontend_cycle_ms=0.6, frontend_workers=2, max_slo_hold_ms=0.0, seed=3)
+    two = SimConfig(cpus=8, frontend_ms=0.3, frontend_wake_ms=0.6, frontend_workers=2, max_slo_hold_ms=0.0, seed=3)
     first = run(trio, [Segment(3, 2500)], loose, two)
     assert first.attainment is not None and first.attainment >= 0.99
     assert first.frontend_ms_per_query is not None and first.frontend_ms_per_query > busy.frontend_ms_per_query
     assert run(trio, [Segment(3, 2500)], loose, two).outcome() == first.outcome()
     assert run(trio, [Segment(3, 2500)], loose, SimConfig(**{**_fields(two), "seed": 4})).outcome() != first.outcome()
-    with pytest.raises(InvalidArgumentError, match="frontend-cycle-ms"):
-        run(trio, [Segment(1, 10)], loose, SimConfig(frontend_cycle_ms=-1.0))
+    with pytest.raises(InvalidArgumentError, match="frontend-wake-ms"):
+        run(trio, [Segment(1, 10)], loose, SimConfig(frontend_wake_ms=-1.0))
 
 
 def _fields(config: SimConfig) -> dict[str, object]:
