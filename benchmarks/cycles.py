@@ -1,4 +1,4 @@
-"""What a request costs the event loop by how many come in one cycle of it: closed loops of N connections.
+"""What a request costs the event loop by how many clients keep it busy: closed loops of N connections.
 
     python benchmarks/cycles.py [--model digits] [--workdir DIR] [--connections 8,16,24,32,64,128] [--reps 2]
                                 [--seconds 2] [--path fp32]
@@ -8,11 +8,13 @@ runs `slo.py`'s closed loop (the fixed configurations' requests, `--path` pinned
 in turn, `--reps` times, printing the queries per second and the loop thread's user and system CPU per request
 (from `/proc/PID/task/PID/stat`, the main thread: the event loop and the inline batches).
 
-With N connections a cycle of the loop (its reads, one batch, the batch's answers) carries at most N requests,
-so the cost per request is c + F / N: c what a request costs, F a cycle's fixed cost. Session 27 (`digits`,
-`fp32` pinned): 8 connections 46-50 µs a request, 16 connections 40-41, 32 35-36.5, 64 34.5, so F ≈ 130 µs
-and c ≈ 33 µs; the open loop at 20,000 queries/s (70% of capacity) costs what 16 connections do. On a loop
-that is always busy a cycle then lasts F / (1 - λc) (`benchmarks/NOTEBOOK.md`, session 27).
+Session 27 (`digits`, `fp32` pinned): 8 connections 46-50 µs a request, 16 connections 40-41, 32 35-36.5, 64
+34.5 (the loop ~96% busy even at 8). Read as c + F / N (a cycle of the loop carrying N requests) that is
+F ≈ 130 µs a cycle and c ≈ 33 µs a request. The open loop's cycles are not these: its costs by load (session
+28: ~88 µs a request at 10% of capacity, ~56 at 40%, ~43 at 60%, ~39 at 80%) are fitted best by a loop that
+pays a wake-up (~70 µs) whenever it has idled and nothing a cycle, and a fixed cost a cycle fitted to the
+light load overstates 40-60% by a quarter (`sloserve simulate --frontend-wake-ms`, which `slo.py` fits to a
+light open loop; `benchmarks/NOTEBOOK.md`).
 """
 
 from __future__ import annotations
