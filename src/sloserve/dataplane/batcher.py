@@ -300,9 +300,8 @@ class DynamicBatcher:
                 if loop is None:
                     if budget_ms >= _HOLDABLE_MS:
                         release += hold_ms(budget_ms, self._max_hold_ms, self.hold_scale) / 1e3
-                elif budget_ms >= loop.holdable_ms:
-                    scale = self.hold_scale * loop.hold_share
-                    release += hold_ms(budget_ms, self._max_hold_ms, scale, loop.room) / 1e3
+                elif budget_ms >= loop.holdable_ms and (scale := self.hold_scale * loop.hold_share) > 0.0:
+                    release += hold_ms(budget_ms, self._max_hold_ms, scale, loop.room) / 1e3  # none on a busy loop
             near_s = near_miss_after(release, deadline_s)
             waiting = _Waiting(inputs, rows, now, deadline_s, release, reply, budget_ms, near_s)
         self._queue.push(waiting)
