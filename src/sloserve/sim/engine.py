@@ -192,8 +192,9 @@ def frontend_cycles_ms(
         share: list[float] = []
         free, k, m = -math.inf, 0, len(arrivals)
         while k < m:
-            wake = wakes[k] if arrivals[k] > free else 0.0
-            start = arrivals[k] + wake if wake else free
+            idle = arrivals[k] > free
+            wake = wakes[k] if idle else 0.0
+            start = arrivals[k] + wake if idle else free
             j = bisect_right(arrivals, start, k + 1)
             free = start + prefix[j] - prefix[k]
             left += [free] * (j - k)

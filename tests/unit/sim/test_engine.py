@@ -315,6 +315,10 @@ def test_an_event_loop_front_end_wakes_up_when_it_has_idled_and_shares_the_wake_
     exits, costs = frontend_cycles_ms(np.array([0.0, 0.01, 0.02, 5.0]), services, wakes, np.array([0, 1, 0, 1]))
     assert exits.tolist() == pytest.approx([0.7, 0.61, 0.7, 5.6])
     assert costs.tolist() == pytest.approx([0.35, 0.6, 0.35, 0.6])
+    # no wake-up: an idle loop starts at the arrival, never before it
+    exits, costs = frontend_cycles_ms(np.array([0.0, 0.05, 5.0]), services[:3], np.zeros(3))
+    assert exits.tolist() == pytest.approx([0.1, 0.2, 5.1])
+    assert costs.tolist() == pytest.approx([0.1] * 3)
 
 
 def test_an_event_loop_front_end_costs_less_a_request_the_busier_it_is(trio: Family) -> None:
