@@ -42,8 +42,9 @@ Examples:
   sloserve simulate --synthetic 8 --rate 100000 --duration 10 --cpus 1000
   sloserve simulate --model digits --steps 10:500,10:2500,10:500 --slo tight:2:0.9:0.5 --slo loose:20:0.97:0.5
   sloserve simulate --model digits --rate 3000 --policy maxbatch:fp32:2 --json
-  sloserve simulate --model digits --rate 24000 --frontend-ms 0.035 --frontend-wake-ms 0.07 \\
-      --frontend-speed-sigma 0.15   # one event loop in front, as `sloserve serve` runs, on a drifting VM
+  sloserve simulate --model digits --rate 24000 --slo tight:5:0.95:0.5 --slo loose:25:0.96:0.5 \\
+      --frontend-ms 0.035 --frontend-wake-ms 0.07 --frontend-speed-sigma 0.15
+      # one event loop in front, as `sloserve serve` runs, on a machine whose speed drifts
 """
 
 
