@@ -489,9 +489,10 @@ def run_model(name: str, base: Path, args: argparse.Namespace) -> list[tuple[str
         if args.simulate:  # the simulator's event-loop front end, from these closed loops and a light open one
             loop = calibrate_loop(port, name, rows, classes, capacity, min(ms for _, ms in closed), proc.pid)
             console.print(
-                f"the server's event loop: ~{loop['request_ms'] * 1e3:.1f} µs a model-less request and "
-                f"~{loop['wake_ms'] * 1e3:.1f} µs a wake-up (fp32 pinned: {loop['closed_ms'] * 1e3:.1f} µs a "
-                f"request with 64 connections, {loop['light_ms'] * 1e3:.1f} µs at {LIGHT_LOAD:.0%} of capacity)"
+                f"the server's event loop: ~{loop['request_ms'] * 1e3:.1f} µs a model-less request with 64 "
+                f"connections, {loop['light_ms'] * 1e3:.1f} at {LIGHT_LOAD:.0%} of capacity: a "
+                f"~{loop['wake_ms'] * 1e3:.1f} µs wake-up (fp32 pinned: {loop['closed_ms'] * 1e3:.1f} and "
+                f"{loop['pinned_light_ms'] * 1e3:.1f} µs, a ~{loop['pinned_wake_ms'] * 1e3:.1f} µs wake-up)"
             )
         # the machine's speed drifts during a run (by 20% within one model's steps, session 17): one more reading
         # after each step shows how much of the capacity each step's rate really was
@@ -634,22 +635,39 @@ def calibrate_loop(
 
     C is what a model-less request costs the server's process where the loop never idles: a closed loop of 64
     connections sending the classes' requests (nothing is held on a saturated loop). W is the wake-up that makes
-    an open loop of `fp32` pinned at :data:`LIGHT_LOAD` of ``capacity`` (2 s after a 1 s warm-up; most
-    requests wake the loop) cost what it did over ``closed_ms`` a request (`fp32` pinned, 64 connections), the
-    simulator's own loop (seeded Poisson arrivals at that rate) fitted to it: the same model's pinned requests
-    both, so model-less's holds, which the simulated loop does not see, stay out of it."""
-    from sloserve.sim.engine import frontend_cycles_ms
-
+    an open loop of model-less requests at :data:`LIGHT_LOAD` of ``capacity`` (2 s after a 1 s warm-up; most
+    requests wake the loop) cost what it did over C, the simulator's own loop (seeded Poisson arrivals at that
+    rate) fitted to it. The simulated loop does not see the batches model-less holds for, so W carries what they
+    save: where wake-ups are most of a query's cost (the light steps) holds are on, and where the loop never
+    idles neither matters. The same fit to `fp32` pinned (``closed_ms`` a request with 64 connections, a batch
+    of one a wake-up, as session 28 calibrated) is ``pinned_wake_ms``: it overstated model-less's cost at
+    20-40% of `digits` by 14-33% (sessions 28-29)."""
     modelless_ms = read_capacity(port, f"/v2/models/{name}/infer", rows, pid, [c.__dict__ for c in classes])[1]
     rate = LIGHT_LOAD * capacity
+    light_ms = _light_ms(port, f"/v2/models/{name}/infer", rows, classes, rate, True, pid)
+    pinned_ms = _light_ms(port, f"/v2/models/{name}/versions/fp32/infer", rows, classes, rate, False, pid)
+    return {
+        "request_ms": modelless_ms,
+        "wake_ms": _fit_wake_ms(rate, modelless_ms, light_ms),
+        "light_ms": light_ms,
+        "closed_ms": closed_ms,
+        "pinned_wake_ms": _fit_wake_ms(rate, closed_ms, pinned_ms),
+        "pinned_light_ms": pinned_ms,
+    }
+
+
+def _light_ms(
+    port: int, path: str, rows: list[list[float]], classes: list[SloClass], rate: float, send_slo: bool, pid: int
+) -> float:
+    """The server process's CPU ms a request under a seeded open loop at ``rate`` (2 s after a 1 s warm-up)."""
     measured = generate(
         kind="open",
         port=port,
-        path=f"/v2/models/{name}/versions/fp32/infer",
+        path=path,
         rows=rows,
-        connections=16,
+        connections=64,
         rate=rate,
-        send_slo=False,
+        send_slo=send_slo,
         classes=[c.__dict__ for c in classes],
         warmup=1.0,
         seconds=2.0,
@@ -657,20 +675,27 @@ def calibrate_loop(
         cpu_pid=pid,
     )
     before, after = measured["cpu"]
-    light_ms = (after[pid] - before[pid]) * 1e3 / max(len(measured["results"]), 1)
+    return float((after[pid] - before[pid]) * 1e3 / max(len(measured["results"]), 1))
+
+
+def _fit_wake_ms(rate: float, request_ms: float, light_ms: float) -> float:
+    """The wake-up with which the simulator's loop, ``request_ms`` a request, costs ``light_ms`` a request under
+    seeded Poisson arrivals at ``rate`` (2 s of them), by bisection."""
+    from sloserve.sim.engine import frontend_cycles_ms
+
     arrivals = np.cumsum(np.random.default_rng(7).exponential(1e3 / rate, int(rate * 2)))
-    services = np.full(len(arrivals), closed_ms)
+    services = np.full(len(arrivals), request_ms)
 
     def mean_cost(wake_ms: float) -> float:
         return float(frontend_cycles_ms(arrivals, services, np.full(len(arrivals), wake_ms))[1].mean())
 
-    low, high = 0.0, max(0.0, light_ms - closed_ms) * 4
+    low, high = 0.0, max(0.0, light_ms - request_ms) * 4
     if mean_cost(high) < light_ms:  # a cost no wake-up explains: the most the search allows
         low = high
     for _ in range(40):  # the mean cost grows with the wake-up's: bisect
         middle = (low + high) / 2
         low, high = (middle, high) if mean_cost(middle) < light_ms else (low, middle)
-    return {"request_ms": modelless_ms, "wake_ms": (low + high) / 2, "closed_ms": closed_ms, "light_ms": light_ms}
+    return (low + high) / 2
 
 
 def step_capacity(capacities: dict[Any, float], step: float) -> str:
