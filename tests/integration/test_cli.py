@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -84,6 +85,8 @@ def test_serve_builds_the_demo_answers_and_stops_cleanly_on_sigterm(tmp_path: Pa
                 pass
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             time.sleep(0.2)
+        printed = _printed_until(proc, "Press Ctrl+C to stop.")
+        _run_demo_calls(printed)
         x = np.load(tmp_path / "repository" / "digits" / "validation.npz")["X"][:3].astype(np.float32)
         inp = httpclient.InferInput("input", [3, 64], "FP32")
         inp.set_data_from_numpy(x)
@@ -105,12 +108,51 @@ def test_serve_builds_the_demo_answers_and_stops_cleanly_on_sigterm(tmp_path: Pa
         assert 0.1 < float(stalled.group(1)) < 10.0
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-        output = proc.stdout.read() if proc.stdout else ""
-        assert "curl" in output and "tritonclient" in output
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _printed_until(proc: subprocess.Popen[str], last: str) -> str:
+    """What ``proc`` printed up to and including the line ``last``."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while not lines or lines[-1].strip() != last:
+        line = proc.stdout.readline()
+        assert line, "".join(lines)  # it ended first
+        lines.append(line)
+    return "".join(lines)
+
+
+def _run_demo_calls(printed: str) -> None:
+    """Every call the demo printed, pasted as a user would: each curl command as the shell would split it, sent
+    with httpx (the tests do not rely on a curl binary), and the tritonclient script run with this Python."""
+    calls = printed[printed.index("Try it") :]
+    commands = [shlex.split(line) for line in calls.replace("\\\n", " ").splitlines() if line.strip()[:5] == "curl "]
+    answers, urls = [], []
+    for argv in commands:
+        url = next(arg for arg in argv if arg.startswith("http://"))
+        urls.append(url)
+        if "-d" in argv:  # curl's default content type unless one is given
+            header = argv[argv.index("-H") + 1] if "-H" in argv else "Content-Type: application/x-www-form-urlencoded"
+            key, value = header.split(": ", 1)
+            answers.append(httpx.post(url, content=argv[argv.index("-d") + 1], headers={key: value}))
+        else:
+            answers.append(httpx.get(url))
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    chosen, pinned, variants = (a.json() for a in answers)
+    ids = {v["id"]: v for v in variants}
+    for answer in (chosen, pinned):
+        assert answer["outputs"][0]["data"] == [0]  # the image is a 0
+        assert answer["model_version"] == answer["parameters"]["variant"] in ids
+    assert ids[chosen["model_version"]]["accuracy"] >= 0.95  # the SLO's accuracy floor
+    assert urls[1].endswith(f"/versions/{pinned['model_version']}/infer")
+    script = calls[calls.index("<<'PY'\n") + 6 : calls.index("\nPY\n")]
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    labels, variant = ran.stdout.rsplit("]", 1)
+    assert len(labels.strip("[ ").split()) == 4 and variant.strip() in ids
 
 
 @pytest.mark.parametrize("flag", [["--http-port", "99999"], ["--log-level", "loud"]])

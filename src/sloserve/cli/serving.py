@@ -58,28 +58,53 @@ def _print_ready(server: Server, demo: bool) -> None:
         if status.reason and status.name not in loaded:
             print_error(status.reason, f"[yellow]model {status.name} not loaded:[/]")
     if demo and DEMO_MODEL in loaded:
-        console.print(_demo_calls(host, ports.http, ports.grpc))
+        console.print("\n[bold]Try it[/] (one 8x8 image of a 0, 64 pixel values 0-16):")
+        # as plain text, never wrapped: pasted into a shell, every line must be what was printed
+        pinned = next((v for v in PINNED_EXAMPLES if v in loaded[DEMO_MODEL].versions), None)
+        calls = demo_calls(host, ports.http, ports.grpc, pinned)
+        console.print(calls, markup=False, highlight=False, soft_wrap=True)
     console.print("Press Ctrl+C to stop.")
 
 
-def _demo_calls(host: str, http_port: int, grpc_port: int) -> str:
-    row = ", ".join(["0"] * 20 + ["5", "13", "9", "1"] + ["0"] * 40)
-    return f"""
-[bold]Try it[/] (one 8x8 digit image, 64 pixel values 0-16):
+DIGIT_ZERO = (
+    *(0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4, 12, 0, 0, 8, 8, 0),
+    *(0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0),
+)
+"""The first image of scikit-learn's digits (a 0), as the README's examples send it."""
+PINNED_EXAMPLES = ("int8-dynamic", "fp32")
+"""The variant the demo's pinned call names: the first of these the demo serves."""
 
-  curl -s -X POST http://{host}:{http_port}/v2/models/digits/infer \\
-    -H 'Content-Type: application/json' \\
-    -d '{{"inputs":[{{"name":"input","shape":[1,64],"datatype":"FP32","data":[{row}]}}]}}'
 
-  [dim]# the same, pinned to the int8 variant; and the whole family with its profiles:[/]
-  curl -s -X POST http://{host}:{http_port}/v2/models/digits/versions/int8-dynamic/infer -d '...'
-  curl -s http://{host}:{http_port}/v2/models/digits/variants
-
-  python - <<'PY'
-import numpy as np, tritonclient.grpc as grpcclient
-client = grpcclient.InferenceServerClient("{host}:{grpc_port}")
-x = np.random.default_rng(0).integers(0, 17, (4, 64)).astype(np.float32)
-inp = grpcclient.InferInput("input", list(x.shape), "FP32"); inp.set_data_from_numpy(x)
-print(client.infer("digits", [inp]).as_numpy("label"))
-PY
-"""
+def demo_calls(host: str, http_port: int, grpc_port: int, pinned: str | None) -> str:
+    """Ready-to-paste calls to the demo's ``digits``: model-less with an SLO, pinned to ``pinned`` (if given), its
+    variants' profiles, and tritonclient over gRPC with an SLO (floats go as strings there)."""
+    base = f"http://{host}:{http_port}/v2/models/digits"
+    tensor = f'{{"name":"input","shape":[1,64],"datatype":"FP32","data":[{",".join(map(str, DIGIT_ZERO))}]}}'
+    slo = '{"latency_slo_ms":5,"min_accuracy":0.95}'
+    lines = [
+        "  # model-less: state the SLO, sloserve picks the variant (the answer's parameters name it)",
+        f"""  curl -s -X POST {base}/infer -H 'Content-Type: application/json' \\""",
+        f"""    -d '{{"inputs":[{tensor}],"parameters":{slo}}}'""",
+        "",
+    ]
+    if pinned is not None:
+        lines += [
+            f"  # pinned to the {pinned} variant (no selection), and the whole family with its profiles:",
+            f"""  curl -s -X POST {base}/versions/{pinned}/infer -d '{{"inputs":[{tensor}]}}'""",
+        ]
+    else:
+        lines.append("  # the whole family with its profiles:")
+    lines += [
+        f"  curl -s {base}/variants",
+        "",
+        "  python - <<'PY'",
+        "import numpy as np, tritonclient.grpc as grpcclient",
+        f'client = grpcclient.InferenceServerClient("{host}:{grpc_port}")',
+        "x = np.random.default_rng(0).integers(0, 17, (4, 64)).astype(np.float32)",
+        'inp = grpcclient.InferInput("input", list(x.shape), "FP32"); inp.set_data_from_numpy(x)',
+        'result = client.infer("digits", [inp], parameters={"latency_slo_ms": 5, "min_accuracy": "0.95"})',
+        'print(result.as_numpy("label"), result.get_response().parameters["variant"].string_param)',
+        "PY",
+        "",
+    ]
+    return "\n".join(lines)

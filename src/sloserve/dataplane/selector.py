@@ -164,16 +164,22 @@ def choose_variant(
         return best_effort(candidates, slo, rows)
     if not isinstance(idle, Choice):
         raise InvalidArgumentError(
-            f"no variant can meet latency_slo_ms={slo.latency_ms} and min_accuracy={slo.min_accuracy} "
-            f'even on an idle server: {describe(idle)}. Relax the SLO or send "best_effort": true'
+            f"no variant can meet {_slo_text(slo)} even on an idle server: {describe(idle)}. "
+            'Relax the SLO or send "best_effort": true'
         )
     quickest_ms, quickest = min((c.predict_ms(rows), c.id) for c in candidates if accurate_enough(c, slo))
     raise AdmissionRefused(_overloaded(slo, quickest, quickest_ms), idle.variant)
 
 
+def _slo_text(slo: Slo) -> str:
+    """The SLO as a client sends it (``latency_slo_ms=5, min_accuracy=0.9678``), a default included."""
+    latency = "no latency_slo_ms" if slo.latency_ms is None else f"latency_slo_ms={slo.latency_ms:g}"
+    return latency if slo.min_accuracy is None else f"{latency}, min_accuracy={slo.min_accuracy:.4g}"
+
+
 def _overloaded(slo: Slo, quickest: str, quickest_ms: float) -> str:
     return (
-        f"overloaded: no variant accurate enough is predicted to finish within {slo.latency_ms} ms now (the "
+        f"overloaded: no variant accurate enough is predicted to finish within {slo.latency_ms:g} ms now (the "
         f"quickest, {quickest}, in ~{quickest_ms:.2f} ms); retry later"
     )
 

@@ -362,6 +362,10 @@ def test_an_impossible_slo_is_refused_alike_every_time_and_served_when_best_effo
             chooser.choose(live, slo, 2, now=now)
         assert str(raised.value) == str(expected.value)
         assert "int8 (~0.32 ms" in str(raised.value)  # the closest variant, named
+    assert str(expected.value).startswith("no variant can meet latency_slo_ms=0.1, min_accuracy=0.95 even on an idle")
+    with pytest.raises(InvalidArgumentError) as floor:  # a model's default floor, worked out: printed short
+        chooser.choose(live, Slo(latency_ms=None, min_accuracy=0.9877777777777777), 2, now=5.0)
+    assert "meet no latency_slo_ms, min_accuracy=0.9878 even" in str(floor.value)
     best = Slo(latency_ms=0.1, min_accuracy=0.95, best_effort=True)
     assert chooser.choose(live, best, 2, now=5.0)[0] == choose_variant(profiles, live, best, 2, 64).variant
 
