@@ -304,6 +304,12 @@ def _num(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _cost(value: float) -> str:
+    """CPU-seconds per 1,000 queries or rows to two significant digits (a small model's are 0.0003), not
+    more: the by-variant table has a column for it on an 80-column terminal."""
+    return f"{value:.2g}"
+
+
 def print_report(report: SimReport) -> None:
     from rich import box
     from rich.table import Table
@@ -325,7 +331,7 @@ def print_report(report: SimReport) -> None:
         ("dropped", ", ".join(f"{k} {v:,}" for k, v in report.drops.items())),
         ("accuracy delivered", _num(report.accuracy_delivered)),
         ("latency p50 / p99", f"{_ms(report.p50_ms)} / {_ms(report.p99_ms)} ms"),
-        ("CPU-s per 1k queries", _num(report.cpu_s_per_1k, 3)),
+        ("CPU-s per 1k queries", _cost(report.cpu_s_per_1k)),
         ("front end ms per query", _num(report.frontend_ms_per_query, 4)),
         ("peak CPUs in replicas", f"{max((s.cpus for s in report.replicas), default=0):,}"),
         (
@@ -363,7 +369,7 @@ def print_report(report: SimReport) -> None:
         variants.add_row(
             v.key,
             _num(v.accuracy, 3),
-            _num(v.cost_cpu_s_per_1k, 2),
+            _cost(v.cost_cpu_s_per_1k),
             f"{v.selected:,}",
             _pct(v.attainment),
             _ms(v.p99_ms),
