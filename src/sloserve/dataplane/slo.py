@@ -15,6 +15,7 @@ registered model, accuracy within :data:`DEFAULT_ACCURACY_TOLERANCE` of the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,12 +30,16 @@ BEST_EFFORT = "best_effort"
 
 
 def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool):
+    """A finite number, or a string that spells one as JSON would (Python's own ``5_000`` is not one)."""
+    if isinstance(value, bool) or (isinstance(value, str) and "_" in value):
         raise InvalidArgumentError(f"parameter {name} must be a number, got {value!r}")
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise InvalidArgumentError(f"parameter {name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):  # "inf", "nan", "1e400": no bound is stated by leaving the parameter out
+        raise InvalidArgumentError(f"parameter {name} must be a finite number, got {value!r}")
+    return number
 
 
 def _flag(value: Any, name: str) -> bool:

@@ -27,6 +27,10 @@ def test_defaults_apply_when_the_request_states_none() -> None:
         ({"min_accuracy": 1.5}, "between 0 and 1"),
         ({"best_effort": "maybe"}, "true or false"),
         ({"latency_slo_ms": [5]}, "must be a number"),
+        ({"latency_slo_ms": "inf"}, "must be a finite number"),
+        ({"latency_slo_ms": "1e400"}, "must be a finite number"),
+        ({"min_accuracy": "nan"}, "must be a finite number"),
+        ({"latency_slo_ms": "5_000"}, "must be a number"),
     ],
 )
 def test_bad_parameters_are_refused_every_time(parameters: dict[str, Any], message: str) -> None:
