@@ -304,10 +304,10 @@ def _num(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _cost(value: float) -> str:
+def _cost(value: float | None) -> str:
     """CPU-seconds per 1,000 queries or rows to two significant digits (a small model's are 0.0003), not
     more: the by-variant table has a column for it on an 80-column terminal."""
-    return f"{value:.2g}"
+    return "-" if value is None else f"{value:.2g}"
 
 
 def print_report(report: SimReport) -> None:
