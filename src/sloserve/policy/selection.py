@@ -139,5 +139,6 @@ def describe(no: NoChoice) -> str:
     parts = []
     for c in no.closest:
         accuracy = "n/a" if c.accuracy is None else f"{c.accuracy:.4f}"
-        parts.append(f"{c.variant} (~{c.predicted_ms:.2f} ms, accuracy {accuracy})")
+        ms = f"{c.predicted_ms:.2f}" if c.predicted_ms >= 0.1 else f"{c.predicted_ms:.2g}"  # 0.0077, not 0.01
+        parts.append(f"{c.variant} (~{ms} ms, accuracy {accuracy})")
     return f"{no.reason}; closest: {', '.join(parts)}" if parts else no.reason

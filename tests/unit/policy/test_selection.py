@@ -41,7 +41,10 @@ def test_impossible_slo_names_the_closest_variants() -> None:
     no = select_variant(FAMILY, Slo(latency_ms=0.01, min_accuracy=0.9))
     assert isinstance(no, NoChoice)
     assert [c.variant for c in no.closest] == ["int8", "fp32"]
-    assert "int8" in describe(no) and "ms" in describe(no)
+    assert "int8 (~0.15 ms, accuracy 0.9600)" in describe(no)
+    tiny = Candidate("tiny", accuracy=0.97, intercept_ms=0.006, per_row_ms=0.0017, cost=0.001)
+    too_fast = select_variant([tiny], Slo(latency_ms=0.001))
+    assert isinstance(too_fast, NoChoice) and "tiny (~0.0077 ms" in describe(too_fast)  # not ~0.01
     too_accurate = select_variant(FAMILY, Slo(min_accuracy=0.999))
     assert isinstance(too_accurate, NoChoice) and too_accurate.closest[0].variant == "fp32"
 
