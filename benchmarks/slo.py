@@ -681,7 +681,7 @@ def _light_ms(
 def _fit_wake_ms(rate: float, request_ms: float, light_ms: float) -> float:
     """The wake-up with which the simulator's loop, ``request_ms`` a request, costs ``light_ms`` a request under
     seeded Poisson arrivals at ``rate`` (2 s of them), by bisection."""
-    from sloserve.sim.engine import frontend_cycles_ms
+    from sloserve.sim.frontend import frontend_cycles_ms
 
     arrivals = np.cumsum(np.random.default_rng(7).exponential(1e3 / rate, int(rate * 2)))
     services = np.full(len(arrivals), request_ms)

@@ -74,7 +74,7 @@ class SimConfig:
     ``frontend_workers`` FIFO front ends for this long before admission. 0: a front end that costs nothing."""
     frontend_workers: int = 1
     frontend_wake_ms: float = 0.0
-    """> 0 makes each front end an event loop (:func:`~sloserve.sim.engine.frontend_cycles_ms`): it reads what has
+    """> 0 makes each front end an event loop (:func:`~sloserve.sim.frontend.frontend_cycles_ms`): it reads what has
     arrived, handles it (``frontend_ms`` a request) and hands it over together, and when it has idled it first
     wakes up, which costs this long (reading what arrives meanwhile too). A request alone on a lightly loaded loop
     pays a whole wake-up, one on a loop that never idles none: the server's cost a query falls with load so. On
