@@ -756,7 +756,7 @@ def print_table(
         )
     console.print(table)
     summary = Table(title=f"{name}: per load step, configurations reaching ≥ 99% attainment")
-    columns = ["load", "reaching 99%", "cheapest of those", "modelless attainment", "modelless CPU-s/1k"]
+    columns = ["load", "reaching 99%", "cheapest of those", "modelless attainment", "modelless CPU-s/1k", "the goal"]
     if capacities:
         columns.insert(1, "of capacity read before / after")
     if repeated:
@@ -777,9 +777,24 @@ def print_table(
             cheapest,
             f"{ml['attainment']:.2%}",
             f"{ml['cpu_s_per_1k']:.3f}",
+            goal(ok),
             *([f"{reached_runs(ml)} / " + (f"{reached_runs(most[1])} {most[0]}" if most else "-")] if repeated else []),
         )
     console.print(summary)
+
+
+def goal(reaching: list[tuple[str, dict[str, Any]]]) -> str:
+    """The issue's goal at one step, given the configurations that reached 99% there: model-less reaches it at
+    the lowest cost of those (met), reaches it dearer (by how much), or misses it; none reaching asks nothing."""
+    if not reaching:
+        return "(nobody reached)"
+    costs = {label: r["cpu_s_per_1k"] for label, r in reaching}
+    cheapest = min(costs, key=costs.__getitem__)
+    if "modelless" not in costs:
+        return "missed: model-less below 99%"
+    if cheapest == "modelless" or costs["modelless"] <= costs[cheapest]:
+        return "met"
+    return f"reached, {costs['modelless'] / costs[cheapest] - 1:.0%} dearer than {cheapest}"
 
 
 def simulate_compare(
