@@ -66,6 +66,7 @@ import numpy as np
 from sloserve.errors import InvalidArgumentError
 from sloserve.policy.autoscale import ScaleDecision
 from sloserve.policy.batching import (
+    ARRIVALS_WINDOW_S,
     LOOP_LOAD_WINDOW_S,
     LatencyModel,
     aimd_update,
@@ -74,6 +75,7 @@ from sloserve.policy.batching import (
     expired,
     hold_ms,
     hold_scale_update,
+    holds_gather,
     loop_hold_scale,
     loop_room,
     near_miss_after,
@@ -102,6 +104,7 @@ _DONE, _READY, _TICK, _TIMER = 0, 1, 2, 3
 _NOISE_BLOCK = 1 << 16
 _MIN_SERVICE_MS = 1e-3
 _LOAD_WINDOW_MS = LOOP_LOAD_WINDOW_S * 1000.0
+_ARRIVALS_WINDOW_MS = ARRIVALS_WINDOW_S * 1000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +358,12 @@ class Simulator:
             self.fleet.start(pool, 1, self.now)
         heappush(pool.edf, (deadline, rid))
         pool.queued_rows += rows
+        if self.release:  # the batcher's arrival count, for whether holds gather anyone
+            pool.arrived += 1
+            if t - pool.arrivals_since >= _ARRIVALS_WINDOW_MS:
+                elapsed_s = (t - pool.arrivals_since) / 1e3
+                pool.gathers = holds_gather(pool.arrived, elapsed_s, self.config.max_slo_hold_ms)
+                pool.arrived, pool.arrivals_since = 0, t
         if self.release and rid not in self.best_effort:
             busy = self._frontend_busy(t)
             hold = hold_ms(
@@ -363,6 +372,8 @@ class Simulator:
                 pool.hold_scale * loop_hold_scale(busy),  # the server's busy gate (it has no lag)
                 loop_room(busy),
             )
+            if not pool.gathers:
+                hold = 0.0
             self.release[rid] = release = t + hold
             pool.release_at = min(pool.release_at, release)
         pool.routed_rows += rows

@@ -20,6 +20,8 @@ from sloserve.sim.family import SimVariant
 class Pool:
     __slots__ = (
         "aimd",
+        "arrivals_since",
+        "arrived",
         "base",
         "batches",
         "busy",
@@ -30,6 +32,7 @@ class Pool:
         "edf",
         "fifo",
         "free",
+        "gathers",
         "hold_scale",
         "index",
         "key",
@@ -78,6 +81,11 @@ class Pool:
         self.hold_scale = 1.0
         """How much of their hold requests get (the batcher's AIMD on near misses)."""
         self.release_at = math.inf
+        self.gathers = True
+        """Holds are expected to gather more requests (:func:`~sloserve.policy.batching.holds_gather`, as the
+        batcher decides it: from the requests admitted in each ``ARRIVALS_WINDOW_S``)."""
+        self.arrived = 0
+        self.arrivals_since = 0.0
         """The earliest time a queued request stops waiting for others to join its batch (nan: recompute)."""
         self.ready = 0
         self.free = 0

@@ -384,6 +384,37 @@ async def test_a_request_with_a_deadline_is_held_a_fifth_of_its_slo_beyond_5_ms_
     await batcher.close()
 
 
+async def test_no_request_is_held_while_too_few_come_to_join_a_hold_and_holds_resume_when_enough_do() -> None:
+    """A hold pays only if a request is expected to join it (:func:`holds_gather`): at one request every 60 ms a
+    2 ms hold expects 0.03, so a lone request goes at once; after 50 ms at 1,000 a second (2 expected) the
+    next is held again."""
+    clock = FakeClock()
+    replica = FakeReplica(compute=double)
+    batcher = make([replica], clock, max_batch=8, slo_hold_s=0.002)
+    for i in range(3):  # one every 60 ms
+        await clock.advance(0.06)
+        quiet = batcher.submit(rows(1.0), 1, deadline_s=clock.now() + 0.030)
+        await settle()
+        assert len(replica.batches) == i + 1  # not held
+        assert (await quiet).queue_s == 0.0
+    answers = []
+    for _ in range(49):  # one every ms: not held until the window that counts them ends
+        await clock.advance(0.001)
+        answers.append(batcher.submit(rows(2.0), 1, deadline_s=clock.now() + 0.030))
+        await settle()
+    assert len(replica.batches) == 3 + 49
+    await clock.advance(0.002)  # 51 ms since the last decision, 50 requests in them
+    held = batcher.submit(rows(3.0), 1, deadline_s=clock.now() + 0.030)
+    await settle()
+    assert len(replica.batches) == 52  # held: 2 ms for the next to join
+    await clock.advance(0.001)
+    joined = batcher.submit(rows(4.0), 1, deadline_s=clock.now() + 0.030)
+    await clock.advance(0.001)
+    assert len(replica.batches) == 53 and replica.batches[-1]["x"].shape == (2, 2)
+    await asyncio.gather(*answers, held, joined)
+    await batcher.close()
+
+
 async def test_a_tighter_request_arriving_during_a_hold_brings_the_batch_forward() -> None:
     clock = FakeClock()
     replica = FakeReplica(compute=double)

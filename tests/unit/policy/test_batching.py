@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sloserve.policy.batching import AimdConfig, LatencyModel, aimd_update, batch_take, expired
+from sloserve.policy.batching import AimdConfig, LatencyModel, aimd_update, batch_take, expired, holds_gather
 
 MODEL = LatencyModel(intercept_ms=1.0, per_row_ms=0.5)
 
@@ -158,3 +158,11 @@ def test_holds_shrink_as_the_event_loop_runs_behind(lag_ms: float) -> None:
     assert scale == 1.0 if lag_ms <= LAG_FULL_HOLD_MS else scale < 1.0
     assert scale == 0.0 if lag_ms >= LAG_NO_HOLD_MS else scale > 0.0
     assert lag_hold_scale(lag_ms + 0.01) <= scale
+
+
+def test_a_hold_is_worth_it_only_if_a_request_is_expected_to_join_it() -> None:
+    assert holds_gather(25, 0.05, 2.0)  # 500 a second: one in a 2 ms hold
+    assert not holds_gather(24, 0.05, 2.0)
+    assert not holds_gather(1, 10.0, 2.0)  # the first after a quiet spell
+    assert holds_gather(2, 0.05, 25.0)  # a long hold gathers at a low rate
+    assert not holds_gather(1000, 0.05, 0.0)  # no hold, nothing to gather

@@ -73,7 +73,10 @@ def test_the_autoscaler_follows_a_step_up_and_down_with_hysteresis(trio: Family)
     assert after < max(during)
     downs = [e.t_s for e in report.scaling if e.action == "scale_down"]
     assert downs and min(downs) >= 30 + 10  # only after staying under-used for scale_down_after_s
-    assert [e.action for e in report.scaling].count("scale_up") == 1  # no flapping at the steady high step
+    # no flapping at the steady high step: up within two ticks of it (the backlog of the new replicas' cold start
+    # may take a second step: 10 of 12 seeds do), then steady until it ends
+    ups = [e.t_s for e in report.scaling if e.action == "scale_up"]
+    assert ups and max(ups) <= 10 + 2
     # Refusals only while the new replicas come up (one tick plus a cold start), then the SLO holds.
     late = [w for w in report.windows if not 10 <= w.start_s < 12]
     assert all(w.attainment is not None and w.attainment >= 0.99 for w in late)
@@ -238,6 +241,9 @@ def test_at_low_load_requests_are_held_for_bigger_cheaper_batches_but_not_when_t
     # x 0.9 ms: past LOOP_BUSY_NO_HOLD, and nothing is held
     saturated = mid(SimConfig(cpus=4, frontend_ms=0.9))
     assert saturated[1] == pytest.approx(mid(SimConfig(cpus=4, frontend_ms=0.9, max_slo_hold_ms=0.0))[1], rel=0.1)
+    # at 100 req/s a 2 ms hold expects 0.2 requests to join it, so nothing is held (holds_gather, as the batcher)
+    quiet = [run(trio, [Segment(3, 100)], [ACCURATE], SimConfig(cpus=4, max_slo_hold_ms=h)) for h in (2.0, 0.0)]
+    assert quiet[0].p50_ms == pytest.approx(quiet[1].p50_ms, rel=0.01)
     with pytest.raises(InvalidArgumentError, match="max-slo-hold-ms"):
         run(trio, [Segment(1, 10)], [ACCURATE], SimConfig(max_slo_hold_ms=-1.0))
 
