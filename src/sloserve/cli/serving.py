@@ -97,6 +97,7 @@ def demo_calls(host: str, http_port: int, grpc_port: int, pinned: str | None) ->
     lines += [
         f"  curl -s {base}/variants",
         "",
+        "  # with tritonclient over gRPC (pip install 'tritonclient[grpc]'), the SLO in the request's parameters:",
         "  python - <<'PY'",
         "import numpy as np, tritonclient.grpc as grpcclient",
         f'client = grpcclient.InferenceServerClient("{host}:{grpc_port}")',
