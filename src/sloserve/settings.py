@@ -87,7 +87,9 @@ OPTIONS: dict[str, Option] = {
     "shutdown_grace_s": Option(
         "--shutdown-grace-s", "SLOSERVE_SHUTDOWN_GRACE_S", "on SIGINT/SIGTERM, seconds to finish in-flight requests"
     ),
-    "log_level": Option("--log-level", "SLOSERVE_LOG_LEVEL", "debug, info, warning or error"),
+    "log_level": Option(
+        "--log-level", "SLOSERVE_LOG_LEVEL", "sloserve's logging: debug, info, warning or error (libraries': warnings)"
+    ),
     "cpus": Option(
         "--cpus", "SLOSERVE_CPUS", "CPU budget the autoscaler keeps replicas within (0: all cores of this machine)"
     ),

@@ -86,6 +86,11 @@ def test_serve_builds_the_demo_answers_and_stops_cleanly_on_sigterm(tmp_path: Pa
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             time.sleep(0.2)
         printed = _printed_until(proc, "Press Ctrl+C to stop.")
+        assert "progress.py:" not in printed  # log lines carry the time, not the source line
+        assert (
+            " INFO root:" not in printed
+        )  # the libraries log warnings only (onnxruntime's quantizer: a line a tensor)
+        assert "sloserve.control.lifecycle: model digits" in printed  # sloserve's own info lines stay
         _run_demo_calls(printed)
         x = np.load(tmp_path / "repository" / "digits" / "validation.npz")["X"][:3].astype(np.float32)
         inp = httpclient.InferInput("input", [3, 64], "FP32")

@@ -11,7 +11,8 @@ from rich.markup import escape
 
 from sloserve.settings import Settings, default_home, load_settings
 
-console = Console()
+console = Console(log_path=False)
+"""Standard output; its ``log`` lines carry the time, not the file and line that printed them."""
 err = Console(stderr=True, soft_wrap=True)
 """Errors and warnings, a message per line however long (a path in it stays whole for copying and grep)."""
 

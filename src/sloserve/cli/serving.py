@@ -23,7 +23,10 @@ from sloserve.settings import Settings
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_of(args)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # sloserve's own loggers at --log-level; the libraries' at warnings (onnxruntime's quantizer logs a line per
+    # tensor at info on the root logger while the demo's variants are built)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("sloserve").setLevel(settings.log_level.upper())
     demo = args.command == "demo"
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         if settings.repository is None:
