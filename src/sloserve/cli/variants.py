@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import uvloop
+from rich.markup import escape
 from rich.table import Table
 
 from sloserve.cli.output import console, repository_of, settings_of
@@ -97,11 +98,14 @@ def print_variants(name: str, records: Sequence[VariantRecord]) -> None:
         "frontier",
     ):
         table.add_column(column, justify="left" if column in ("variant", "status") else "right")
+    reasons: list[str] = []  # under the table, a line each: in a cell they wrap to a column of single words
     for r in records:
         p = r.profile
         if r.status is not VariantStatus.READY or p is None:
             style = "yellow" if r.status is VariantStatus.SKIPPED else "red"
-            table.add_row(r.id, f"[{style}]{r.status.value}[/]: {r.reason}", *[""] * 8)
+            table.add_row(r.id, f"[{style}]{r.status.value}[/]", *[""] * 8)
+            if r.reason:
+                reasons.append(f"[{style}]{r.id} {r.status.value}:[/] {escape(r.reason)}")
             continue
         first = p.latency_ms[min(p.latency_ms)]
         best = p.latency_ms.get(p.best_batch, first)
@@ -120,6 +124,8 @@ def print_variants(name: str, records: Sequence[VariantRecord]) -> None:
             "[bold green]●[/]" if r.pareto else "",
         )
     console.print(table)
+    for line in reasons:
+        console.print(line, soft_wrap=True)
 
 
 def plot(name: str, records: Sequence[VariantRecord], output: Path) -> None:
