@@ -58,6 +58,7 @@ from sloserve.errors import (
 from sloserve.policy.batching import (
     ARRIVALS_WINDOW_S,
     MIN_HOLD_MS,
+    QUIET_WINDOWS,
     AimdConfig,
     LatencyModel,
     aimd_update,
@@ -238,7 +239,8 @@ class DynamicBatcher:
         self._max_hold_ms = spec.max_slo_hold_s * 1e3
         self._gathers = True
         """Holds are expected to gather more requests (:func:`holds_gather`, decided every
-        :data:`ARRIVALS_WINDOW_S` from the requests that came in it)."""
+        :data:`ARRIVALS_WINDOW_S` from the requests that came in it, off after :data:`QUIET_WINDOWS` in a row)."""
+        self._quiet = 0
         self._arrived = 0
         self._arrivals_since = clock.now()
         self._holds = self._slo_holds or (spec.max_batch_size > 0 and spec.max_queue_delay_s > 0)
@@ -298,7 +300,9 @@ class DynamicBatcher:
         now = self._clock.now()
         self._arrived += 1
         if now - self._arrivals_since >= ARRIVALS_WINDOW_S:
-            self._gathers = holds_gather(self._arrived, now - self._arrivals_since, self._max_hold_ms)
+            gathers = holds_gather(self._arrived, now - self._arrivals_since, self._max_hold_ms)
+            self._quiet = 0 if gathers else self._quiet + 1
+            self._gathers = self._quiet < QUIET_WINDOWS
             self._arrived, self._arrivals_since = 0, now
         if deadline_s is None:
             release = now + self._spec.max_queue_delay_s if self._holds else now

@@ -68,6 +68,7 @@ from sloserve.policy.autoscale import ScaleDecision
 from sloserve.policy.batching import (
     ARRIVALS_WINDOW_S,
     LOOP_LOAD_WINDOW_S,
+    QUIET_WINDOWS,
     LatencyModel,
     aimd_update,
     batch_take,
@@ -362,7 +363,8 @@ class Simulator:
             pool.arrived += 1
             if t - pool.arrivals_since >= _ARRIVALS_WINDOW_MS:
                 elapsed_s = (t - pool.arrivals_since) / 1e3
-                pool.gathers = holds_gather(pool.arrived, elapsed_s, self.config.max_slo_hold_ms)
+                pool.quiet = 0 if holds_gather(pool.arrived, elapsed_s, self.config.max_slo_hold_ms) else pool.quiet + 1
+                pool.gathers = pool.quiet < QUIET_WINDOWS
                 pool.arrived, pool.arrivals_since = 0, t
         if self.release and rid not in self.best_effort:
             busy = self._frontend_busy(t)

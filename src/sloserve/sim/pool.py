@@ -44,6 +44,7 @@ class Pool:
         "queue_wait_ms",
         "queue_waits",
         "queued_rows",
+        "quiet",
         "ready",
         "refused_rows",
         "release_at",
@@ -83,7 +84,8 @@ class Pool:
         self.release_at = math.inf
         self.gathers = True
         """Holds are expected to gather more requests (:func:`~sloserve.policy.batching.holds_gather`, as the
-        batcher decides it: from the requests admitted in each ``ARRIVALS_WINDOW_S``)."""
+        batcher decides it: from the requests admitted in each ``ARRIVALS_WINDOW_S``, off after ``QUIET_WINDOWS``)."""
+        self.quiet = 0
         self.arrived = 0
         self.arrivals_since = 0.0
         """The earliest time a queued request stops waiting for others to join its batch (nan: recompute)."""
