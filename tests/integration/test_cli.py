@@ -40,6 +40,8 @@ def test_help_documents_every_setting(tmp_path: Path) -> None:
     out = run("serve", "--help", home=tmp_path).stdout
     for text in ("--repository", "--http-port", "--grpc-port", "--metrics-port", "SLOSERVE_HTTP_PORT", "--max-body-mb"):
         assert text in out
+    overview = run("--help", home=tmp_path).stdout  # model-less serving is what sloserve is for: said up front
+    assert "latency_slo_ms" in overview and "min_accuracy" in overview and "sloserve demo" in overview
 
 
 def test_add_sklearn_then_list_then_refuse_junk(tmp_path: Path) -> None:

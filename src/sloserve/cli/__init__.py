@@ -24,7 +24,11 @@ tritonclient, works unchanged. Start with `sloserve demo`.
 
 `sloserve register` turns one model into a profiled family of variants (fp32,
 int8, fp16, pruned, distilled); each variant is a version of the model that a
-client can pin, e.g. POST /v2/models/NAME/versions/int8-dynamic/infer.
+client can pin, e.g. POST /v2/models/NAME/versions/int8-dynamic/infer. Or the
+client states what it needs instead, in the request's parameters
+({"latency_slo_ms": 5, "min_accuracy": 0.97}), and sloserve serves the cheapest
+variant predicted to meet it, says which one served, and refuses at once (429)
+what it cannot serve in time.
 
 Files live under the sloserve home: $SLOSERVE_HOME, else $XDG_CACHE_HOME/sloserve,
 else ~/.cache/sloserve. It holds the registry database (registry.sqlite3) and the
