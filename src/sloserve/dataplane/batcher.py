@@ -240,7 +240,8 @@ class DynamicBatcher:
         self._gathers = True
         """Holds are expected to gather more requests (:func:`holds_gather`, decided every
         :data:`ARRIVALS_WINDOW_S` from the requests that came in it, off after :data:`QUIET_WINDOWS` in a row)."""
-        self._quiet = 0
+        self._quiet = QUIET_WINDOWS - 1
+        """Quiet windows in a row; a new batcher has seen no traffic, so one quiet window turns holds off."""
         self._arrived = 0
         self._arrivals_since = clock.now()
         self._holds = self._slo_holds or (spec.max_batch_size > 0 and spec.max_queue_delay_s > 0)

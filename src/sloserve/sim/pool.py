@@ -12,7 +12,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from sloserve.policy.batching import AimdConfig, LatencyModel
+from sloserve.policy.batching import QUIET_WINDOWS, AimdConfig, LatencyModel
 from sloserve.sim.config import SimConfig
 from sloserve.sim.family import SimVariant
 
@@ -85,7 +85,7 @@ class Pool:
         self.gathers = True
         """Holds are expected to gather more requests (:func:`~sloserve.policy.batching.holds_gather`, as the
         batcher decides it: from the requests admitted in each ``ARRIVALS_WINDOW_S``, off after ``QUIET_WINDOWS``)."""
-        self.quiet = 0
+        self.quiet = QUIET_WINDOWS - 1  # no traffic seen yet: one quiet window turns holds off
         self.arrived = 0
         self.arrivals_since = 0.0
         """The earliest time a queued request stops waiting for others to join its batch (nan: recompute)."""
