@@ -794,7 +794,10 @@ def goal(reaching: list[tuple[str, dict[str, Any]]]) -> str:
         return "missed: model-less below 99%"
     if cheapest == "modelless" or costs["modelless"] <= costs[cheapest]:
         return "met"
-    return f"reached, {costs['modelless'] / costs[cheapest] - 1:.0%} dearer than {cheapest}"
+    dearer = costs["modelless"] / costs[cheapest] - 1
+    if dearer < 0.005:  # what the table prints to three decimals cannot tell them apart
+        return f"reached, level with {cheapest}"
+    return f"reached, {dearer:.0%} dearer than {cheapest}"
 
 
 def simulate_compare(
