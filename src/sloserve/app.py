@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,8 +111,8 @@ class Server:
         if self.cluster is not None:
             await self.cluster.start()
         await self.lifecycle.load_all()
-        http_sock = bind(s.host, s.http_port)
-        metrics_sock = bind(s.host, s.metrics_port)
+        http_sock = _listen(s.host, s.http_port, "--http-port")
+        metrics_sock = _listen(s.host, s.metrics_port, "--metrics-port")
         self._http = HttpServer(
             HttpApp(self.dataplane),
             http_sock,
@@ -122,7 +123,10 @@ class Server:
         self._metrics_http = HttpServer(MetricsApp(self.metrics), metrics_sock, max_body_bytes=1 << 16, grace_s=1.0)
         self._grpc = GrpcServer(self.dataplane, s.host, s.grpc_port, s.max_body_bytes, s.shutdown_grace_s)
         await self._http.start()
-        await self._grpc.start()
+        try:
+            await self._grpc.start()
+        except (OSError, RuntimeError) as error:  # grpc says RuntimeError or a port of 0, not which
+            raise OSError(_in_use(s.host, s.grpc_port, "--grpc-port", str(error))) from error
         await self._metrics_http.start()
         if s.autoscale_interval_s > 0:
             self.autoscaler.start()
@@ -174,3 +178,16 @@ async def serve(settings: Settings, repository: Path, on_ready: Callable[[Server
         await server.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+def _listen(host: str, port: int, flag: str) -> socket.socket:
+    try:
+        return bind(host, port)
+    except OSError as error:
+        raise OSError(_in_use(host, port, flag, error.strerror or str(error))) from error
+
+
+def _in_use(host: str, port: int, flag: str, why: str) -> str:
+    return (
+        f"cannot listen on {host}:{port} ({flag}): {why}. Another server may hold it: stop it, or choose another {flag}"
+    )

@@ -162,6 +162,19 @@ def _run_demo_calls(printed: str) -> None:
     assert len(labels.strip("[ ").split()) == 4 and variant.strip() in ids
 
 
+@pytest.mark.parametrize("flag", ["--http-port", "--grpc-port", "--metrics-port"])
+def test_a_port_in_use_is_named_with_its_flag(tmp_path: Path, flag: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"--http-port": "0", "--grpc-port": "0", "--metrics-port": "0", flag: str(port)}
+        result = run("serve", "--repository", str(tmp_path), *[a for kv in ports.items() for a in kv], home=tmp_path)
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port} ({flag})" in result.stderr, result.stderr
+    assert f"choose another {flag}" in result.stderr
+
+
 @pytest.mark.parametrize("flag", [["--http-port", "99999"], ["--log-level", "loud"]])
 def test_bad_settings_are_reported(tmp_path: Path, flag: list[str]) -> None:
     result = run("serve", "--repository", str(tmp_path), *flag, home=tmp_path)
