@@ -126,7 +126,7 @@ class Server:
         try:
             await self._grpc.start()
         except (OSError, RuntimeError) as error:  # grpc says RuntimeError or a port of 0, not which
-            raise OSError(_in_use(s.host, s.grpc_port, "--grpc-port", str(error))) from error
+            raise OSError(_in_use(s.host, s.grpc_port, "--grpc-port", "gRPC could not bind it")) from error
         await self._metrics_http.start()
         if s.autoscale_interval_s > 0:
             self.autoscaler.start()
@@ -189,5 +189,6 @@ def _listen(host: str, port: int, flag: str) -> socket.socket:
 
 def _in_use(host: str, port: int, flag: str, why: str) -> str:
     return (
-        f"cannot listen on {host}:{port} ({flag}): {why}. Another server may hold it: stop it, or choose another {flag}"
+        f"cannot listen on {host}:{port} ({flag}): {why.rstrip('.')}. Another server may hold it: stop it, or choose "
+        f"another {flag}"
     )
