@@ -220,6 +220,17 @@ def test_bad_request_gets_a_clear_error_and_the_server_keeps_serving(
     assert client.infer("digits", [digits_input(digits_x[:1], True)]).as_numpy("label").shape == (1,)
 
 
+def test_an_accuracy_floor_on_a_model_never_measured_is_refused_unless_best_effort(server: ServerThread) -> None:
+    """`digits` here was added without variants or a validation set: no accuracy to hold a floor against."""
+    floor = post(server, "/v2/models/digits/infer", orjson.dumps({**GOOD, "parameters": {"min_accuracy": 0.9}}))
+    assert floor.status_code == 400 and "accuracy was never measured" in floor.json()["error"]
+    anyway = {**GOOD, "parameters": {"min_accuracy": 0.9, "best_effort": True}}
+    served = post(server, "/v2/models/digits/infer", orjson.dumps(anyway))
+    assert served.status_code == 200 and served.json()["parameters"]["slo_met"] is False  # not shown to meet it
+    timed = post(server, "/v2/models/digits/infer", orjson.dumps({**GOOD, "parameters": {"latency_slo_ms": 10_000}}))
+    assert timed.status_code == 200 and timed.json()["parameters"]["slo_met"] is True
+
+
 def test_unknown_model_and_endpoint_are_404(server: ServerThread) -> None:
     assert post(server, "/v2/models/nope/infer", orjson.dumps(GOOD)).status_code == 404
     assert httpx.get(f"http://{server.http_url}/v2/models/nope").status_code == 404

@@ -138,7 +138,8 @@ class DataPlane:
                 if chooser is not None:
                     self._take_counts(name, chooser)
                 chooser = VariantChooser(loaded.profiles, loaded.config.max_batch_size)
-            slos = RequestSlos(loaded.config.default_slo, _reference_accuracy(loaded))
+            accuracy_known = any(p.accuracy is not None for p in loaded.profiles.values())
+            slos = RequestSlos(loaded.config.default_slo, _reference_accuracy(loaded), accuracy_known)
             models[name] = _ModelView(loaded, hosts, chooser, slos)
         for unloaded in choosers.keys() - models.keys():  # what its kept choices served still counts
             self._take_counts(unloaded, choosers[unloaded])
@@ -682,10 +683,10 @@ def _reference_accuracy(loaded: LoadedModel) -> float | None:
 
 
 def _slo_met(slo: Slo, elapsed_s: float, profile: VariantProfile | None) -> bool:
+    """Answered within its latency SLO by a variant measured at least as accurate as it asked (an accuracy never
+    measured meets no floor)."""
     fast = slo.latency_ms is None or elapsed_s * 1e3 <= slo.latency_ms
-    accurate = (
-        slo.min_accuracy is None
-        or profile is None
-        or (profile.accuracy is not None and profile.accuracy >= slo.min_accuracy)
+    accurate = slo.min_accuracy is None or (
+        profile is not None and profile.accuracy is not None and profile.accuracy >= slo.min_accuracy
     )
     return fast and accurate

@@ -52,7 +52,12 @@ def _flag(value: Any, name: str) -> bool:
     raise InvalidArgumentError(f"parameter {name} must be true or false, got {value!r}")
 
 
-def request_slo(parameters: Mapping[str, Any], default: SloConfig, reference_accuracy: float | None) -> Slo:
+def request_slo(
+    parameters: Mapping[str, Any], default: SloConfig, reference_accuracy: float | None, accuracy_known: bool = True
+) -> Slo:
+    """The SLO a request states, over the model's defaults. ``accuracy_known``: some variant's accuracy was measured;
+    if none was (a model added without a validation set), a ``min_accuracy`` no variant can be shown to meet is
+    refused, unless best effort, as an SLO no variant meets is."""
     latency = default.latency_slo_ms
     if LATENCY_SLO in parameters:
         latency = _number(parameters[LATENCY_SLO], LATENCY_SLO)
@@ -66,6 +71,12 @@ def request_slo(parameters: Mapping[str, Any], default: SloConfig, reference_acc
         if not 0.0 <= accuracy <= 1.0:
             raise InvalidArgumentError(f"parameter {MIN_ACCURACY} must be between 0 and 1, got {accuracy:g}")
     best_effort = _flag(parameters[BEST_EFFORT], BEST_EFFORT) if BEST_EFFORT in parameters else False
+    if MIN_ACCURACY in parameters and not accuracy_known and not best_effort:
+        raise InvalidArgumentError(
+            f"parameter {MIN_ACCURACY}: this model's accuracy was never measured, so no variant can be shown to meet "
+            "it; register the model with a validation set (`sloserve register PATH --name NAME --validation "
+            'FILE.npz`), or send "best_effort": true'
+        )
     return Slo(latency_ms=latency, min_accuracy=accuracy, best_effort=best_effort)
 
 
@@ -76,9 +87,10 @@ class RequestSlos:
 
     _LIMIT = 256
 
-    def __init__(self, default: SloConfig, reference_accuracy: float | None) -> None:
+    def __init__(self, default: SloConfig, reference_accuracy: float | None, accuracy_known: bool = True) -> None:
         self._default = default
         self._reference_accuracy = reference_accuracy
+        self._accuracy_known = accuracy_known
         self._known: dict[tuple[Any, ...], Slo] = {}
 
     def __call__(self, parameters: Mapping[str, Any]) -> Slo:
@@ -89,9 +101,9 @@ class RequestSlos:
         try:
             slo = self._known.get(key)
         except TypeError:  # an unhashable value: checked (and refused) below, never remembered
-            return request_slo(parameters, self._default, self._reference_accuracy)
+            return request_slo(parameters, self._default, self._reference_accuracy, self._accuracy_known)
         if slo is None:
-            slo = request_slo(parameters, self._default, self._reference_accuracy)
+            slo = request_slo(parameters, self._default, self._reference_accuracy, self._accuracy_known)
             if len(self._known) >= self._LIMIT:
                 self._known.clear()
             self._known[key] = slo

@@ -51,3 +51,15 @@ def test_a_class_seen_before_is_not_parsed_again_and_types_are_told_apart() -> N
     assert slos({"best_effort": 1}) == Slo(50.0, pytest.approx(0.96), best_effort=True)
     assert slos({"best_effort": True}) == Slo(50.0, pytest.approx(0.96), best_effort=True)
     assert slos({}) == Slo(50.0, pytest.approx(0.96))
+
+
+def test_a_floor_on_an_accuracy_never_measured_is_refused_unless_best_effort() -> None:
+    """A model added without a validation set has no measured accuracy: no variant can be shown to meet a
+    min_accuracy, so it is refused as an SLO no variant meets is (a configured default is the operator's)."""
+    slos = RequestSlos(SloConfig(latency_slo_ms=50.0), None, accuracy_known=False)
+    for _ in range(2):
+        with pytest.raises(InvalidArgumentError, match=r"accuracy was never measured.*--validation"):
+            slos({"min_accuracy": 0.9})
+    assert slos({"min_accuracy": 0.9, "best_effort": True}) == Slo(50.0, 0.9, best_effort=True)
+    assert slos({"latency_slo_ms": 5}) == Slo(5.0, None)
+    assert RequestSlos(SloConfig(min_accuracy=0.9), None, accuracy_known=False)({}) == Slo(None, 0.9)
