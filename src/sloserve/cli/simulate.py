@@ -139,7 +139,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=2.0,
         metavar="MS",
         help="model-less: a request waits up to a fifth of its latency SLO beyond 5 ms, at most this, for its batch to grow "
-        "while a replica is free, as the server does with the model's max_slo_hold_us (default 2; 0: never)",
+        "while a replica is free, as the server does with the model's max_slo_hold_us (default 2; 0: never); not while "
+        "fewer requests come to its variant than one a hold",
     )
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
