@@ -19,7 +19,11 @@ one queue. Under the model-less policy (the default):
   chooses (the most requests predicted in time), under an AIMD limit updated by
   :func:`~sloserve.policy.batching.aimd_update` after every batch (decrease when
   :func:`~sloserve.policy.batching.batch_too_slow`: its service took longer than
-  the tightest SLO in it). Work-conserving: no batching wait.
+  the tightest SLO in it). With ``max_slo_hold_ms`` > 0 a free replica waits while a
+  queued request is held for its batch to grow, as the batcher holds it
+  (:func:`~sloserve.policy.batching.hold_ms`, gated by the front end's busy share and, via
+  :func:`~sloserve.policy.batching.holds_gather`, by whether requests come fast enough to join
+  a hold); otherwise work-conserving.
 - **autoscaling**: every ``autoscale_interval_s``
   :func:`~sloserve.policy.autoscale.decide_scaling` gets a
   :class:`~sloserve.policy.autoscale.VariantLoad` per variant (rows per second routed
